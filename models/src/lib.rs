@@ -1,0 +1,11 @@
+//! Rollcall's face models: Candle implementations of face-api's pretrained networks
+//! (SSD MobileNetV1 and TinyFaceDetector detectors, FaceLandmark68Net, FaceRecognitionNet),
+//! their weight loader, preprocessing, alignment and a batched pipeline.
+
+pub mod error;
+pub mod image_io;
+pub mod layers;
+pub mod preprocess;
+pub mod tfjs;
+
+pub use error::{ModelError, Result};

@@ -1,0 +1,161 @@
+//! Image preprocessing with TensorFlow's exact semantics (padding to square, legacy bilinear
+//! resize, integer crops), so the Candle networks see the same inputs as face-api's.
+
+use candle_core::{Device, Tensor};
+use image::RgbImage;
+
+use crate::error::Result;
+
+/// An RGB image with `f32` samples in `0..=255`, stored row-major as HWC.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FloatImage {
+    /// Width in pixels.
+    pub width: usize,
+    /// Height in pixels.
+    pub height: usize,
+    /// `height * width * 3` samples.
+    pub data: Vec<f32>,
+}
+
+impl FloatImage {
+    /// Converts an 8-bit RGB image.
+    pub fn from_rgb(img: &RgbImage) -> Self {
+        Self {
+            width: img.width() as usize,
+            height: img.height() as usize,
+            data: img.as_raw().iter().map(|&v| f32::from(v)).collect(),
+        }
+    }
+
+    /// A black image.
+    pub fn zeros(width: usize, height: usize) -> Self {
+        Self { width, height, data: vec![0.0; width * height * 3] }
+    }
+
+    /// Sample at `(x, y, channel)`.
+    #[inline]
+    pub fn at(&self, x: usize, y: usize, c: usize) -> f32 {
+        self.data[(y * self.width + x) * 3 + c]
+    }
+
+    /// The rectangle `[x, x + w) × [y, y + h)`, which must lie inside the image.
+    pub fn crop(&self, x: usize, y: usize, w: usize, h: usize) -> Self {
+        let mut data = Vec::with_capacity(w * h * 3);
+        for row in y..y + h {
+            let start = (row * self.width + x) * 3;
+            data.extend_from_slice(&self.data[start..start + w * 3]);
+        }
+        Self { width: w, height: h, data }
+    }
+
+    /// face-api's `padToSquare`: zero-pads the shorter side; `centered` splits the padding
+    /// (the rounded half after the image, the rest before), otherwise all of it goes after.
+    pub fn pad_to_square(&self, centered: bool) -> Self {
+        let (w, h) = (self.width, self.height);
+        if w == h {
+            return self.clone();
+        }
+        let diff = w.abs_diff(h);
+        let after = if centered { (diff as f64 * 0.5).round() as usize } else { diff };
+        let before = diff - after;
+        let side = w.max(h);
+        let (ox, oy) = if h > w { (before, 0) } else { (0, before) };
+        let mut out = Self::zeros(side, side);
+        for row in 0..h {
+            let src = row * w * 3;
+            let dst = ((row + oy) * side + ox) * 3;
+            out.data[dst..dst + w * 3].copy_from_slice(&self.data[src..src + w * 3]);
+        }
+        out
+    }
+
+    /// `tf.image.resizeBilinear(x, [h, w], alignCorners = false, halfPixelCenters = false)`.
+    pub fn resize_bilinear(&self, out_w: usize, out_h: usize) -> Self {
+        if out_w == self.width && out_h == self.height {
+            return self.clone();
+        }
+        let sy = self.height as f32 / out_h as f32;
+        let sx = self.width as f32 / out_w as f32;
+        let cols: Vec<(usize, usize, f32)> = (0..out_w)
+            .map(|c| {
+                let f = sx * c as f32;
+                let lo = f.floor() as usize;
+                (lo, (f.ceil() as usize).min(self.width - 1), f - lo as f32)
+            })
+            .collect();
+        let mut out = Self::zeros(out_w, out_h);
+        for r in 0..out_h {
+            let f = sy * r as f32;
+            let top = f.floor() as usize;
+            let bottom = (f.ceil() as usize).min(self.height - 1);
+            let rf = f - top as f32;
+            for (c, &(left, right, cf)) in cols.iter().enumerate() {
+                for ch in 0..3 {
+                    let tl = self.at(left, top, ch);
+                    let tr = self.at(right, top, ch);
+                    let bl = self.at(left, bottom, ch);
+                    let br = self.at(right, bottom, ch);
+                    let t = tl + (tr - tl) * cf;
+                    let b = bl + (br - bl) * cf;
+                    out.data[(r * out_w + c) * 3 + ch] = t + (b - t) * rf;
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Stacks same-sized images into one NCHW `f32` tensor of shape `[n, 3, h, w]`.
+pub fn to_batch_tensor(images: &[FloatImage], device: &Device) -> Result<Tensor> {
+    let (w, h) = images.first().map(|i| (i.width, i.height)).unwrap_or((0, 0));
+    let mut data = Vec::with_capacity(images.len() * w * h * 3);
+    for img in images {
+        assert_eq!((img.width, img.height), (w, h), "batched images must share one size");
+        data.extend_from_slice(&img.data);
+    }
+    let t = Tensor::from_vec(data, (images.len(), h, w, 3), device)?;
+    Ok(t.permute((0, 3, 1, 2))?.contiguous()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ramp(w: usize, h: usize) -> FloatImage {
+        let data = (0..w * h * 3).map(|i| i as f32).collect();
+        FloatImage { width: w, height: h, data }
+    }
+
+    #[test]
+    fn pad_to_square_places_padding_like_face_api() {
+        let img = ramp(2, 5);
+        let bottom_right = img.pad_to_square(false);
+        assert_eq!((bottom_right.width, bottom_right.height), (5, 5));
+        assert_eq!(bottom_right.at(0, 0, 0), img.at(0, 0, 0));
+        assert_eq!(bottom_right.at(4, 0, 0), 0.0);
+        let centered = img.pad_to_square(true);
+        // diff 3: round(1.5) = 2 columns after, 1 before.
+        assert_eq!(centered.at(0, 0, 1), 0.0);
+        assert_eq!(centered.at(1, 2, 1), img.at(0, 2, 1));
+        assert_eq!(centered.at(3, 0, 0), 0.0);
+    }
+
+    #[test]
+    fn bilinear_resize_follows_tf_legacy_sampling() {
+        let img = ramp(4, 4);
+        let half = img.resize_bilinear(2, 2);
+        // Legacy mode samples source (0,0) and (2,2): no averaging of neighbours.
+        assert_eq!(half.at(1, 1, 2), img.at(2, 2, 2));
+        let up = img.resize_bilinear(8, 8);
+        assert_eq!(up.at(1, 0, 0), (img.at(0, 0, 0) + img.at(1, 0, 0)) / 2.0);
+        assert_eq!(up.at(7, 7, 0), img.at(3, 3, 0));
+    }
+
+    #[test]
+    fn batch_tensor_is_nchw() {
+        let t = to_batch_tensor(&[ramp(3, 2), ramp(3, 2)], &Device::Cpu).unwrap();
+        assert_eq!(t.dims(), &[2, 3, 2, 3]);
+        let v: Vec<f32> = t.get(0).unwrap().get(1).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(v, vec![1.0, 4.0, 7.0, 10.0, 13.0, 16.0]);
+    }
+}
