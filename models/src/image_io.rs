@@ -32,16 +32,23 @@ pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<RgbImage> {
     // Four bytes per pixel of RGBA plus headroom for the decoder's own buffers.
     limits.max_alloc = Some(max_pixels.saturating_mul(8));
     reader.limits(limits);
-    let mut decoder = reader.into_decoder().map_err(|e| ModelError::Decode(e.to_string()))?;
+    let mut decoder = reader
+        .into_decoder()
+        .map_err(|e| ModelError::Decode(e.to_string()))?;
     let (width, height) = decoder.dimensions();
     if u64::from(width) * u64::from(height) > max_pixels {
-        return Err(ModelError::TooManyPixels { width, height, max_pixels });
+        return Err(ModelError::TooManyPixels {
+            width,
+            height,
+            max_pixels,
+        });
     }
     if width == 0 || height == 0 {
         return Err(ModelError::Decode("image has no pixels".into()));
     }
     let orientation = decoder.orientation().ok();
-    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| ModelError::Decode(e.to_string()))?;
+    let mut img =
+        DynamicImage::from_decoder(decoder).map_err(|e| ModelError::Decode(e.to_string()))?;
     if let Some(orientation) = orientation {
         img.apply_orientation(orientation);
     }
@@ -54,7 +61,9 @@ mod tests {
 
     fn encode(img: &RgbImage, format: ImageFormat) -> Vec<u8> {
         let mut out = Cursor::new(Vec::new());
-        DynamicImage::ImageRgb8(img.clone()).write_to(&mut out, format).unwrap();
+        DynamicImage::ImageRgb8(img.clone())
+            .write_to(&mut out, format)
+            .unwrap();
         out.into_inner()
     }
 
@@ -71,30 +80,58 @@ mod tests {
     fn rejects_other_formats_by_magic_bytes() {
         let img = RgbImage::new(4, 4);
         let bmp = encode(&img, ImageFormat::Bmp);
-        assert!(matches!(decode_rgb(&bmp, DEFAULT_MAX_PIXELS), Err(ModelError::UnsupportedFormat)));
-        assert!(matches!(decode_rgb(b"GIF89a....", DEFAULT_MAX_PIXELS), Err(ModelError::UnsupportedFormat)));
+        assert!(matches!(
+            decode_rgb(&bmp, DEFAULT_MAX_PIXELS),
+            Err(ModelError::UnsupportedFormat)
+        ));
+        assert!(matches!(
+            decode_rgb(b"GIF89a....", DEFAULT_MAX_PIXELS),
+            Err(ModelError::UnsupportedFormat)
+        ));
     }
 
     #[test]
     fn rejects_truncated_files() {
         let img = RgbImage::from_fn(64, 64, |x, y| image::Rgb([x as u8, y as u8, 7]));
         let png = encode(&img, ImageFormat::Png);
-        assert!(matches!(decode_rgb(&png[..png.len() / 2], DEFAULT_MAX_PIXELS), Err(ModelError::Decode(_))));
+        assert!(matches!(
+            decode_rgb(&png[..png.len() / 2], DEFAULT_MAX_PIXELS),
+            Err(ModelError::Decode(_))
+        ));
     }
 
     #[test]
     fn rejects_decompression_bombs_from_the_header() {
-        // A valid PNG header claiming 30000x30000 pixels, with no pixel data behind it.
+        // A valid PNG claiming 30000x30000 pixels, with a few bytes of (empty) pixel data.
         let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
-        let mut ihdr = b"IHDR".to_vec();
+        let mut ihdr = Vec::new();
         ihdr.extend(30000u32.to_be_bytes());
         ihdr.extend(30000u32.to_be_bytes());
         ihdr.extend([8, 2, 0, 0, 0]);
-        png.extend(13u32.to_be_bytes());
-        png.extend(&ihdr);
-        png.extend(crc32(&ihdr).to_be_bytes());
+        for (kind, body) in [
+            (b"IHDR", ihdr.as_slice()),
+            (b"IDAT", &[0x78, 0x9c, 0x03, 0x00][..]),
+            (b"IEND", &[][..]),
+        ] {
+            png.extend((body.len() as u32).to_be_bytes());
+            let mut chunk = kind.to_vec();
+            chunk.extend(body);
+            png.extend(&chunk);
+            png.extend(crc32(&chunk).to_be_bytes());
+        }
+        assert!(png.len() < 100);
         let err = decode_rgb(&png, DEFAULT_MAX_PIXELS).unwrap_err();
-        assert!(matches!(err, ModelError::TooManyPixels { width: 30000, height: 30000, .. }), "{err:?}");
+        assert!(
+            matches!(
+                err,
+                ModelError::TooManyPixels {
+                    width: 30000,
+                    height: 30000,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
     }
 
     fn crc32(data: &[u8]) -> u32 {
@@ -102,7 +139,11 @@ mod tests {
         for &b in data {
             crc ^= u32::from(b);
             for _ in 0..8 {
-                crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
             }
         }
         !crc

@@ -27,8 +27,16 @@ pub fn pad_same(x: &Tensor, kernel: usize, stride: usize) -> Result<Tensor> {
     let (_, _, h, w) = x.dims4()?;
     let (top, bottom) = same_padding(h, kernel, stride);
     let (left, right) = same_padding(w, kernel, stride);
-    let x = if top + bottom > 0 { x.pad_with_zeros(2, top, bottom)? } else { x.clone() };
-    Ok(if left + right > 0 { x.pad_with_zeros(3, left, right)? } else { x })
+    let x = if top + bottom > 0 {
+        x.pad_with_zeros(2, top, bottom)?
+    } else {
+        x.clone()
+    };
+    Ok(if left + right > 0 {
+        x.pad_with_zeros(3, left, right)?
+    } else {
+        x
+    })
 }
 
 /// A 2-D convolution (optionally grouped) with bias and TF padding semantics.
@@ -58,13 +66,31 @@ impl Conv {
     ) -> Result<Self> {
         let weight = w.conv_filter(name, k, k, cin, cout)?;
         let bias = bias_name.map(|b| w.vector(b, cout)).transpose()?;
-        Ok(Self { weight, bias, stride, groups: 1, padding })
+        Ok(Self {
+            weight,
+            bias,
+            stride,
+            groups: 1,
+            padding,
+        })
     }
 
     /// A depthwise conv whose filter is `name` (`[k, k, channels, 1]`), without bias.
-    pub fn load_depthwise(w: &WeightMap, name: &str, k: usize, channels: usize, stride: usize) -> Result<Self> {
+    pub fn load_depthwise(
+        w: &WeightMap,
+        name: &str,
+        k: usize,
+        channels: usize,
+        stride: usize,
+    ) -> Result<Self> {
         let weight = w.depthwise_filter(name, k, k, channels)?;
-        Ok(Self { weight, bias: None, stride, groups: channels, padding: Padding::Same })
+        Ok(Self {
+            weight,
+            bias: None,
+            stride,
+            groups: channels,
+            padding: Padding::Same,
+        })
     }
 
     /// Kernel size.

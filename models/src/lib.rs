@@ -2,6 +2,7 @@
 //! (SSD MobileNetV1 and TinyFaceDetector detectors, FaceLandmark68Net, FaceRecognitionNet),
 //! their weight loader, preprocessing, alignment and a batched pipeline.
 
+pub mod detection;
 pub mod error;
 pub mod image_io;
 pub mod layers;

@@ -29,7 +29,11 @@ impl FloatImage {
 
     /// A black image.
     pub fn zeros(width: usize, height: usize) -> Self {
-        Self { width, height, data: vec![0.0; width * height * 3] }
+        Self {
+            width,
+            height,
+            data: vec![0.0; width * height * 3],
+        }
     }
 
     /// Sample at `(x, y, channel)`.
@@ -45,7 +49,11 @@ impl FloatImage {
             let start = (row * self.width + x) * 3;
             data.extend_from_slice(&self.data[start..start + w * 3]);
         }
-        Self { width: w, height: h, data }
+        Self {
+            width: w,
+            height: h,
+            data,
+        }
     }
 
     /// face-api's `padToSquare`: zero-pads the shorter side; `centered` splits the padding
@@ -56,7 +64,11 @@ impl FloatImage {
             return self.clone();
         }
         let diff = w.abs_diff(h);
-        let after = if centered { (diff as f64 * 0.5).round() as usize } else { diff };
+        let after = if centered {
+            (diff as f64 * 0.5).round() as usize
+        } else {
+            diff
+        };
         let before = diff - after;
         let side = w.max(h);
         let (ox, oy) = if h > w { (before, 0) } else { (0, before) };
@@ -107,10 +119,17 @@ impl FloatImage {
 
 /// Stacks same-sized images into one NCHW `f32` tensor of shape `[n, 3, h, w]`.
 pub fn to_batch_tensor(images: &[FloatImage], device: &Device) -> Result<Tensor> {
-    let (w, h) = images.first().map(|i| (i.width, i.height)).unwrap_or((0, 0));
+    let (w, h) = images
+        .first()
+        .map(|i| (i.width, i.height))
+        .unwrap_or((0, 0));
     let mut data = Vec::with_capacity(images.len() * w * h * 3);
     for img in images {
-        assert_eq!((img.width, img.height), (w, h), "batched images must share one size");
+        assert_eq!(
+            (img.width, img.height),
+            (w, h),
+            "batched images must share one size"
+        );
         data.extend_from_slice(&img.data);
     }
     let t = Tensor::from_vec(data, (images.len(), h, w, 3), device)?;
@@ -123,7 +142,11 @@ mod tests {
 
     fn ramp(w: usize, h: usize) -> FloatImage {
         let data = (0..w * h * 3).map(|i| i as f32).collect();
-        FloatImage { width: w, height: h, data }
+        FloatImage {
+            width: w,
+            height: h,
+            data,
+        }
     }
 
     #[test]
@@ -155,7 +178,15 @@ mod tests {
     fn batch_tensor_is_nchw() {
         let t = to_batch_tensor(&[ramp(3, 2), ramp(3, 2)], &Device::Cpu).unwrap();
         assert_eq!(t.dims(), &[2, 3, 2, 3]);
-        let v: Vec<f32> = t.get(0).unwrap().get(1).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let v: Vec<f32> = t
+            .get(0)
+            .unwrap()
+            .get(1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         assert_eq!(v, vec![1.0, 4.0, 7.0, 10.0, 13.0, 16.0]);
     }
 }

@@ -73,7 +73,9 @@ impl WeightMap {
         let tensor = self
             .tensors
             .get(name)
-            .ok_or_else(|| ModelError::MissingTensor { name: name.to_owned() })?;
+            .ok_or_else(|| ModelError::MissingTensor {
+                name: name.to_owned(),
+            })?;
         if tensor.dims() != shape {
             return Err(ModelError::ShapeMismatch {
                 name: name.to_owned(),
@@ -85,13 +87,32 @@ impl WeightMap {
     }
 
     /// A conv filter stored as `[kh, kw, in, out]`, returned in Candle's `[out, in, kh, kw]`.
-    pub fn conv_filter(&self, name: &str, kh: usize, kw: usize, cin: usize, cout: usize) -> Result<Tensor> {
-        Ok(self.get(name, &[kh, kw, cin, cout])?.permute((3, 2, 0, 1))?.contiguous()?)
+    pub fn conv_filter(
+        &self,
+        name: &str,
+        kh: usize,
+        kw: usize,
+        cin: usize,
+        cout: usize,
+    ) -> Result<Tensor> {
+        Ok(self
+            .get(name, &[kh, kw, cin, cout])?
+            .permute((3, 2, 0, 1))?
+            .contiguous()?)
     }
 
     /// A depthwise filter stored as `[kh, kw, c, 1]`, returned as `[c, 1, kh, kw]` (groups = c).
-    pub fn depthwise_filter(&self, name: &str, kh: usize, kw: usize, channels: usize) -> Result<Tensor> {
-        Ok(self.get(name, &[kh, kw, channels, 1])?.permute((2, 3, 0, 1))?.contiguous()?)
+    pub fn depthwise_filter(
+        &self,
+        name: &str,
+        kh: usize,
+        kw: usize,
+        channels: usize,
+    ) -> Result<Tensor> {
+        Ok(self
+            .get(name, &[kh, kw, channels, 1])?
+            .permute((2, 3, 0, 1))?
+            .contiguous()?)
     }
 
     /// A 1-D tensor of length `len` (biases, batch-norm parameters, scales).
@@ -111,7 +132,10 @@ impl WeightMap {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|source| ModelError::Io { path: PathBuf::from(path), source })
+    std::fs::read(path).map_err(|source| ModelError::Io {
+        path: PathBuf::from(path),
+        source,
+    })
 }
 
 /// Decodes one manifest entry from the front of `bytes`: its values as `f32` and the bytes used.
@@ -123,7 +147,10 @@ fn decode_entry(entry: &Entry, bytes: &[u8]) -> Option<(Vec<f32>, usize)> {
             match q.dtype.as_str() {
                 "uint8" => {
                     let raw = bytes.get(..count)?;
-                    Some((raw.iter().map(|&v| min + scale * f32::from(v)).collect(), count))
+                    Some((
+                        raw.iter().map(|&v| min + scale * f32::from(v)).collect(),
+                        count,
+                    ))
                 }
                 "uint16" => {
                     let raw = bytes.get(..count * 2)?;
@@ -150,7 +177,11 @@ fn decode_entry(entry: &Entry, bytes: &[u8]) -> Option<(Vec<f32>, usize)> {
                 .chunks_exact(4)
                 .map(|c| {
                     let b = [c[0], c[1], c[2], c[3]];
-                    if entry.dtype == "int32" { i32::from_le_bytes(b) as f32 } else { f32::from_le_bytes(b) }
+                    if entry.dtype == "int32" {
+                        i32::from_le_bytes(b) as f32
+                    } else {
+                        f32::from_le_bytes(b)
+                    }
                 })
                 .collect();
             Some((values, count * 4))
@@ -164,7 +195,13 @@ fn half_to_f32(h: u16) -> f32 {
     let frac = f32::from(h & 0x3ff);
     match exp {
         0 => sign * frac * 2f32.powi(-24),
-        31 => if frac == 0.0 { sign * f32::INFINITY } else { f32::NAN },
+        31 => {
+            if frac == 0.0 {
+                sign * f32::INFINITY
+            } else {
+                f32::NAN
+            }
+        }
         _ => sign * (1.0 + frac / 1024.0) * 2f32.powi(exp - 15),
     }
 }
@@ -179,7 +216,9 @@ mod tests {
 
     #[test]
     fn dequantises_uint8_with_min_and_scale() {
-        let e = entry(r#"{"name":"w","shape":[3],"dtype":"float32","quantization":{"dtype":"uint8","min":-1.0,"scale":0.5}}"#);
+        let e = entry(
+            r#"{"name":"w","shape":[3],"dtype":"float32","quantization":{"dtype":"uint8","min":-1.0,"scale":0.5}}"#,
+        );
         let (v, used) = decode_entry(&e, &[0, 2, 4, 99]).unwrap();
         assert_eq!(v, vec![-1.0, 0.0, 1.0]);
         assert_eq!(used, 3);
