@@ -1,0 +1,181 @@
+//! The batched face pipeline: detect → landmarks → align → embed over N images, each stage
+//! one batched forward over all of its inputs.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use candle_core::Device;
+use image::RgbImage;
+use serde::{Deserialize, Serialize};
+
+use crate::align::{assess, dlib_chip, Quality};
+use crate::detection::Detection;
+use crate::error::Result;
+use crate::landmarks::{FaceLandmark68Net, Landmarks68};
+use crate::preprocess::FloatImage;
+use crate::recognition::FaceRecognitionNet;
+use crate::ssd_mobilenet::SsdMobilenetV1;
+use crate::tfjs::WeightMap;
+use crate::tiny_face_detector::TinyFaceDetector;
+
+/// Version tag stored with every embedding, so a model change can be detected.
+pub const MODEL_VERSION: &str = "face-api-1.7.15/resnet128/dlib-chip";
+
+/// Which face detector runs first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DetectorKind {
+    /// SSD MobileNetV1 at 512×512: the accurate default.
+    Ssd,
+    /// TinyFaceDetector: the fast option.
+    Tiny,
+}
+
+/// Settings of the pipeline.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PipelineConfig {
+    /// The detector to use.
+    pub detector: DetectorKind,
+    /// Minimum detector confidence for a face.
+    pub min_confidence: f32,
+    /// At most this many faces per image (largest-score first).
+    pub max_faces: usize,
+    /// Input side of the tiny detector (a multiple of 32).
+    pub tiny_input_size: usize,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self { detector: DetectorKind::Ssd, min_confidence: 0.5, max_faces: 100, tiny_input_size: 416 }
+    }
+}
+
+/// One face found in an image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Face {
+    /// Box and detector score, in original image pixels.
+    pub detection: Detection,
+    /// 68 landmarks in original image pixels.
+    pub landmarks: Landmarks68,
+    /// Whether the face is large and sharp enough to trust.
+    pub quality: Quality,
+    /// L2-normalised 128-D embedding of the aligned chip.
+    pub embedding: Vec<f32>,
+}
+
+/// Wall time of each stage of one batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StageTimings {
+    /// Detector forward + NMS.
+    pub detect: Duration,
+    /// Landmark forward.
+    pub landmarks: Duration,
+    /// Chip extraction and quality assessment.
+    pub align: Duration,
+    /// Embedding forward.
+    pub embed: Duration,
+}
+
+/// The faces of each image of a batch and how long each stage took.
+#[derive(Debug, Clone, Default)]
+pub struct Processed {
+    /// One list of faces per input image, in input order.
+    pub faces: Vec<Vec<Face>>,
+    /// Stage timings of the whole batch.
+    pub timings: StageTimings,
+}
+
+/// All networks, loaded once, ready to process batches of images.
+pub struct FacePipeline {
+    detector: Detector,
+    landmarks: FaceLandmark68Net,
+    recognition: FaceRecognitionNet,
+    config: PipelineConfig,
+}
+
+enum Detector {
+    Ssd(SsdMobilenetV1),
+    Tiny(TinyFaceDetector),
+}
+
+impl FacePipeline {
+    /// Loads the networks from `model_dir/model/` (the folder `scripts/fetch-assets.sh` fills).
+    pub fn load(model_dir: &Path, device: &Device, config: PipelineConfig) -> Result<Self> {
+        let dir = model_dir.join("model");
+        let detector = match config.detector {
+            DetectorKind::Ssd => {
+                Detector::Ssd(SsdMobilenetV1::load(&WeightMap::load(&dir, SsdMobilenetV1::MODEL, device)?)?)
+            }
+            DetectorKind::Tiny => {
+                Detector::Tiny(TinyFaceDetector::load(&WeightMap::load(&dir, TinyFaceDetector::MODEL, device)?)?)
+            }
+        };
+        let landmarks = FaceLandmark68Net::load(&WeightMap::load(&dir, FaceLandmark68Net::MODEL, device)?)?;
+        let recognition = FaceRecognitionNet::load(&WeightMap::load(&dir, FaceRecognitionNet::MODEL, device)?)?;
+        Ok(Self { detector, landmarks, recognition, config })
+    }
+
+    /// The settings this pipeline runs with.
+    pub fn config(&self) -> &PipelineConfig {
+        &self.config
+    }
+
+    /// Finds, aligns and embeds every face of every image; one result list per image.
+    pub fn process(&self, images: &[RgbImage]) -> Result<Processed> {
+        let mut timings = StageTimings::default();
+        let floats: Vec<FloatImage> = images.iter().map(FloatImage::from_rgb).collect();
+        let refs: Vec<&FloatImage> = floats.iter().collect();
+        let t = Instant::now();
+        let detections = self.detect(&refs)?;
+        timings.detect = t.elapsed();
+
+        let owners: Vec<(usize, Detection)> = detections
+            .iter()
+            .enumerate()
+            .flat_map(|(i, dets)| dets.iter().map(move |d| (i, *d)))
+            .collect();
+        let crops: Vec<(&FloatImage, _)> = owners.iter().map(|(i, d)| (&floats[*i], d.bbox)).collect();
+        let t = Instant::now();
+        let landmarks = self.landmarks.detect(&crops)?;
+        timings.landmarks = t.elapsed();
+
+        let t = Instant::now();
+        let chips: Vec<FloatImage> =
+            owners.iter().zip(&landmarks).map(|((i, _), lm)| dlib_chip(&floats[*i], &lm.points)).collect();
+        let qualities: Vec<Quality> =
+            owners.iter().zip(&landmarks).zip(&chips).map(|(((i, _), lm), chip)| assess(&floats[*i], &lm.points, chip)).collect();
+        timings.align = t.elapsed();
+
+        let t = Instant::now();
+        let chip_refs: Vec<&FloatImage> = chips.iter().collect();
+        let embeddings = self.recognition.embed(&chip_refs)?;
+        timings.embed = t.elapsed();
+
+        let mut faces: Vec<Vec<Face>> = vec![Vec::new(); images.len()];
+        for ((((i, detection), landmarks), quality), embedding) in
+            owners.into_iter().zip(landmarks).zip(qualities).zip(embeddings)
+        {
+            faces[i].push(Face { detection, landmarks, quality, embedding });
+        }
+        Ok(Processed { faces, timings })
+    }
+
+    fn detect(&self, images: &[&FloatImage]) -> Result<Vec<Vec<Detection>>> {
+        let c = &self.config;
+        match &self.detector {
+            Detector::Ssd(net) => net.detect(images, c.min_confidence, c.max_faces),
+            Detector::Tiny(net) => {
+                let mut all = net.detect(images, c.tiny_input_size, c.min_confidence)?;
+                for dets in &mut all {
+                    dets.truncate(c.max_faces);
+                }
+                Ok(all)
+            }
+        }
+    }
+}
+
+/// Cosine similarity of two L2-normalised embeddings (their dot product).
+pub fn similarity(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}

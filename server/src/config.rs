@@ -1,0 +1,103 @@
+//! Server settings: command-line flags with environment-variable fallbacks (`.env` style).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use rollcall_models::pipeline::DetectorKind;
+
+/// Which detector the pipeline runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DetectorArg {
+    /// SSD MobileNetV1 (accurate).
+    Ssd,
+    /// TinyFaceDetector (fast).
+    Tiny,
+}
+
+impl From<DetectorArg> for DetectorKind {
+    fn from(d: DetectorArg) -> Self {
+        match d {
+            DetectorArg::Ssd => DetectorKind::Ssd,
+            DetectorArg::Tiny => DetectorKind::Tiny,
+        }
+    }
+}
+
+/// Where the database and weights are: shared by every command.
+#[derive(Debug, Clone, Args)]
+pub struct CommonSettings {
+    /// Database URL: `sqlite://PATH` or `postgres://USER@HOST/DB`.
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://data/rollcall.db")]
+    pub database_url: String,
+
+    /// Folder holding the face-api `model/` folder (filled by scripts/fetch-assets.sh).
+    #[arg(long, env = "ROLLCALL_MODEL_DIR", default_value = "assets/face-api")]
+    pub model_dir: PathBuf,
+}
+
+/// Settings of `rollcall serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeSettings {
+    /// Address to listen on.
+    #[arg(long, env = "ROLLCALL_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: SocketAddr,
+
+    /// Where photos are stored: a local folder path, `file:///abs/path`, `gs://bucket[/prefix]`
+    /// or `s3://bucket[/prefix]` (cloud credentials from the environment).
+    #[arg(long, env = "ROLLCALL_STORAGE_URL", default_value = "data/photos")]
+    pub storage_url: String,
+
+    /// Minimum cosine similarity for a face to count as a match.
+    #[arg(long, env = "ROLLCALL_MATCH_THRESHOLD", default_value_t = crate::DEFAULT_MATCH_THRESHOLD)]
+    pub match_threshold: f32,
+
+    /// Sightings of one person within this many seconds fold into one attendance mark.
+    #[arg(long, env = "ROLLCALL_DEDUPE_WINDOW_SECS", default_value_t = 300)]
+    pub dedupe_window_secs: u64,
+
+    /// Largest accepted upload in bytes.
+    #[arg(long, env = "ROLLCALL_MAX_UPLOAD_BYTES", default_value_t = 10 * 1024 * 1024)]
+    pub max_upload_bytes: usize,
+
+    /// Largest accepted image in pixels (width × height), checked before decoding.
+    #[arg(long, env = "ROLLCALL_MAX_PIXELS", default_value_t = 40_000_000)]
+    pub max_pixels: u64,
+
+    /// Most images the recognition queue runs through the networks at once.
+    #[arg(long, env = "ROLLCALL_MAX_BATCH", default_value_t = 8)]
+    pub max_batch: usize,
+
+    /// How long the queue waits to fill a batch, in milliseconds (0: never waits).
+    #[arg(long, env = "ROLLCALL_MAX_WAIT_MS", default_value_t = 5)]
+    pub max_wait_ms: u64,
+
+    /// Requests the queue holds before answering 503.
+    #[arg(long, env = "ROLLCALL_QUEUE_CAPACITY", default_value_t = 64)]
+    pub queue_capacity: usize,
+
+    /// Face detector.
+    #[arg(long, env = "ROLLCALL_DETECTOR", value_enum, default_value_t = DetectorArg::Ssd)]
+    pub detector: DetectorArg,
+
+    /// Minimum detector confidence.
+    #[arg(long, env = "ROLLCALL_MIN_CONFIDENCE", default_value_t = 0.5)]
+    pub min_confidence: f32,
+
+    /// The first admin key. When unset and the database has no key, one is generated and printed once.
+    #[arg(long, env = "ROLLCALL_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<String>,
+}
+
+impl ServeSettings {
+    /// The dedupe window.
+    pub fn dedupe_window(&self) -> chrono::Duration {
+        chrono::Duration::seconds(self.dedupe_window_secs as i64)
+    }
+
+    /// The batching wait.
+    pub fn max_wait(&self) -> Duration {
+        Duration::from_millis(self.max_wait_ms)
+    }
+}

@@ -1,0 +1,135 @@
+//! The `rollcall` command line: serve, migrate, manage API keys, evaluate accuracy.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use rollcall_models::pipeline::PipelineConfig;
+use rollcall_server::app;
+use rollcall_server::auth::{create_key, Scope};
+use rollcall_server::config::{CommonSettings, DetectorArg, ServeSettings};
+use rollcall_server::eval;
+use rollcall_server::store::Store;
+
+/// Rollcall: face-recognition attendance.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(flatten)]
+    common: CommonSettings,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the HTTP server.
+    Serve(ServeSettings),
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Manage API keys.
+    #[command(subcommand)]
+    ApiKey(KeyCommand),
+    /// Measure recognition accuracy on a folder DIR/<person>/<image> (DIR/_unknown/ holds strangers).
+    Eval {
+        /// The folder of identities.
+        dir: PathBuf,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Match threshold (cosine similarity).
+        #[arg(long, env = "ROLLCALL_MATCH_THRESHOLD", default_value_t = rollcall_server::DEFAULT_MATCH_THRESHOLD)]
+        threshold: f32,
+        /// Face detector.
+        #[arg(long, value_enum, default_value_t = DetectorArg::Ssd)]
+        detector: DetectorArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeyCommand {
+    /// Create a key and print it once.
+    Create {
+        /// A name to recognise the key by.
+        #[arg(long)]
+        name: String,
+        /// Comma-separated scopes: admin, enroll, recognize, read.
+        #[arg(long, value_delimiter = ',', required = true)]
+        scopes: Vec<Scope>,
+    },
+    /// List keys (never their secrets).
+    List,
+    /// Revoke a key by id.
+    Revoke {
+        /// The key's id.
+        id: i64,
+    },
+}
+
+#[actix_web::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,sqlx=warn".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(settings) => serve(&cli.common, settings).await,
+        Command::Migrate => {
+            let store = Store::connect(&cli.common.database_url).await?;
+            store.migrate().await?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::ApiKey(cmd) => api_key(&cli.common, cmd).await,
+        Command::Eval { dir, json, threshold, detector } => {
+            let config = PipelineConfig { detector: detector.into(), ..PipelineConfig::default() };
+            let pipeline = app::load_pipeline(&cli.common, config)?;
+            let report = eval::evaluate(&pipeline, &dir, threshold)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.table());
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn serve(common: &CommonSettings, settings: ServeSettings) -> anyhow::Result<()> {
+    let (store, generated) = app::open_store(common, settings.admin_key.as_deref()).await?;
+    if let Some(key) = generated {
+        println!("\nFirst start: created an admin API key. It is shown only this once:\n\n    {key}\n");
+    }
+    let listener = TcpListener::bind(settings.bind).with_context(|| format!("binding {}", settings.bind))?;
+    let state = app::build_state(common, settings, store).await?;
+    tracing::info!(address = %listener.local_addr()?, "rollcall is listening");
+    app::serve(state, listener)?.await?;
+    Ok(())
+}
+
+async fn api_key(common: &CommonSettings, cmd: KeyCommand) -> anyhow::Result<()> {
+    let store = Store::connect(&common.database_url).await?;
+    store.migrate().await?;
+    match cmd {
+        KeyCommand::Create { name, scopes } => {
+            let (record, secret) = create_key(&store, &name, &scopes).await?;
+            println!("created key {} ({}) with scopes {:?}; it is shown only this once:\n{secret}", record.id, record.name, scopes);
+        }
+        KeyCommand::List => {
+            println!("{:>4}  {:<24} {:<10} {:<28} {:<20} status", "id", "name", "prefix", "scopes", "created");
+            for k in store.list_api_keys().await? {
+                let scopes = k.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",");
+                let status = if k.revoked_at.is_some() { "revoked" } else { "active" };
+                println!("{:>4}  {:<24} {:<10} {:<28} {:<20} {status}", k.id, k.name, k.prefix, scopes, k.created_at.format("%Y-%m-%d %H:%M"));
+            }
+        }
+        KeyCommand::Revoke { id } => {
+            store.revoke_api_key(id).await?;
+            println!("revoked key {id}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,188 @@
+//! Test harness: the real app on a random port with a fresh database (SQLite in a temp dir,
+//! or a new PostgreSQL database), real models and real photos from `scripts/fetch-assets.sh`.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+
+use rand::Rng;
+use rollcall_server::app;
+use rollcall_server::config::{CommonSettings, DetectorArg, ServeSettings};
+use sqlx::Connection;
+
+/// Which database a test runs on.
+#[derive(Debug, Clone, Copy)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+/// A running server and what tests need to talk to it.
+pub struct TestApp {
+    pub base: String,
+    pub admin_key: String,
+    pub client: reqwest::Client,
+    pub photos_dir: PathBuf,
+    pub database_url: String,
+    _tmp: tempfile::TempDir,
+}
+
+/// The repository's `assets/` folder (or `ROLLCALL_ASSETS_DIR`).
+pub fn assets() -> PathBuf {
+    std::env::var_os("ROLLCALL_ASSETS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets"))
+}
+
+/// The folder holding face-api's `model/` and `demo/`.
+pub fn model_dir() -> PathBuf {
+    std::env::var_os("ROLLCALL_MODEL_DIR").map(PathBuf::from).unwrap_or_else(|| assets().join("face-api"))
+}
+
+/// Bytes of a photo of the face_recognition test set (`obama.jpg`, `biden.jpg`, …).
+pub fn person_photo(name: &str) -> Vec<u8> {
+    let path = assets().join("face_recognition/test_images").join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}; run scripts/fetch-assets.sh", path.display()))
+}
+
+/// Bytes of a face-api group photo (`sample1.jpg` …).
+pub fn group_photo(name: &str) -> Vec<u8> {
+    let path = model_dir().join("demo").join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}; run scripts/fetch-assets.sh", path.display()))
+}
+
+/// Base URL of the PostgreSQL server tests create databases on.
+fn postgres_base() -> String {
+    std::env::var("ROLLCALL_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+async fn fresh_database(db: Db, tmp: &tempfile::TempDir) -> String {
+    match db {
+        Db::Sqlite => format!("sqlite://{}", tmp.path().join("rollcall.db").display()),
+        Db::Postgres => {
+            let name = format!("rollcall_test_{:016x}", rand::thread_rng().gen::<u64>());
+            let mut conn = sqlx::PgConnection::connect(&format!("{}/postgres", postgres_base()))
+                .await
+                .expect("PostgreSQL must run at 127.0.0.1:5432 (scripts/test.sh starts it)");
+            sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create test database");
+            format!("{}/{name}", postgres_base())
+        }
+    }
+}
+
+/// Default serve settings for tests; adjust before `spawn_with`.
+pub fn settings(tmp: &tempfile::TempDir) -> ServeSettings {
+    ServeSettings {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        storage_url: tmp.path().join("photos").display().to_string(),
+        match_threshold: rollcall_server::DEFAULT_MATCH_THRESHOLD,
+        dedupe_window_secs: 300,
+        max_upload_bytes: 10 * 1024 * 1024,
+        max_pixels: 40_000_000,
+        max_batch: 8,
+        max_wait_ms: 5,
+        queue_capacity: 64,
+        detector: DetectorArg::Ssd,
+        min_confidence: 0.5,
+        admin_key: Some(format!("rc_test_admin_{:016x}", rand::thread_rng().gen::<u64>())),
+    }
+}
+
+/// Starts the app on `db` with default settings.
+pub async fn spawn(db: Db) -> TestApp {
+    spawn_with(db, |_| {}).await
+}
+
+/// Starts the app on `db` after `tweak` adjusted the settings.
+pub async fn spawn_with(db: Db, tweak: impl FnOnce(&mut ServeSettings)) -> TestApp {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = settings(&tmp);
+    tweak(&mut s);
+    let database_url = fresh_database(db, &tmp).await;
+    let common = CommonSettings { database_url: database_url.clone(), model_dir: model_dir() };
+    let admin_key = s.admin_key.clone().unwrap();
+    let (store, _) = app::open_store(&common, Some(&admin_key)).await.expect("open store");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let photos_dir = PathBuf::from(&s.storage_url);
+    let state = app::build_state(&common, s, store).await.expect("build state (models fetched?)");
+    tokio::spawn(app::serve(state, listener).unwrap());
+    TestApp {
+        base: format!("http://127.0.0.1:{port}"),
+        admin_key,
+        client: reqwest::Client::new(),
+        photos_dir,
+        database_url,
+        _tmp: tmp,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.get(self.url(path)).bearer_auth(&self.admin_key)
+    }
+
+    pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.post(self.url(path)).bearer_auth(&self.admin_key)
+    }
+
+    /// Creates a user and returns its id.
+    pub async fn create_user(&self, name: &str, department: &str) -> i64 {
+        let res = self
+            .post("/api/v1/users")
+            .json(&serde_json::json!({ "name": name, "department": department }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 201);
+        res.json::<serde_json::Value>().await.unwrap()["id"].as_i64().unwrap()
+    }
+
+    /// Posts photos to `/users/{id}/faces`.
+    pub async fn enroll(&self, user: i64, photos: &[Vec<u8>]) -> reqwest::Response {
+        let mut form = reqwest::multipart::Form::new();
+        for (i, p) in photos.iter().enumerate() {
+            form = form.part("photo", reqwest::multipart::Part::bytes(p.clone()).file_name(format!("p{i}.jpg")));
+        }
+        self.post(&format!("/api/v1/users/{user}/faces")).multipart(form).send().await.unwrap()
+    }
+
+    /// Posts a raw image to `/recognize`.
+    pub async fn recognize(&self, image: Vec<u8>, camera: &str) -> reqwest::Response {
+        self.post(&format!("/api/v1/recognize?camera_id={camera}")).body(image).send().await.unwrap()
+    }
+
+    /// Files under the photo folder.
+    pub fn stored_photos(&self) -> usize {
+        fn count(dir: &std::path::Path) -> usize {
+            std::fs::read_dir(dir)
+                .map(|rd| {
+                    rd.filter_map(Result::ok)
+                        .map(|e| if e.path().is_dir() { count(&e.path()) } else { 1 })
+                        .sum()
+                })
+                .unwrap_or(0)
+        }
+        count(&self.photos_dir)
+    }
+}
+
+/// Declares one async test per database backend.
+#[macro_export]
+macro_rules! on_both_databases {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name($crate::common::Db::Sqlite).await })*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name($crate::common::Db::Postgres).await })*
+        }
+    };
+}
