@@ -99,12 +99,14 @@ fn raw_output_matches_face_api_on_formula_image() {
     assert_eq!(boxes.dims(), &[1, raw.num_anchors, 4]);
     assert_eq!(scores.dims(), &[1, raw.num_anchors]);
 
-    let start = Instant::now();
-    net.forward(&x).unwrap();
-    println!(
-        "one 512x512 forward at batch 1: {:.1} ms",
-        start.elapsed().as_secs_f64() * 1e3
-    );
+    let best = (0..3)
+        .map(|_| {
+            let start = Instant::now();
+            net.forward(&x).unwrap();
+            start.elapsed().as_secs_f64() * 1e3
+        })
+        .fold(f64::INFINITY, f64::min);
+    println!("one 512x512 forward at batch 1: {best:.1} ms (best of 3)");
 
     let boxes: Vec<Vec<f32>> = boxes.squeeze(0).unwrap().to_vec2().unwrap();
     let scores: Vec<f32> = scores.squeeze(0).unwrap().to_vec1().unwrap();
