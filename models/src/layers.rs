@@ -104,7 +104,20 @@ impl Conv {
             Padding::Same => pad_same(x, self.kernel(), self.stride)?,
             Padding::Valid => x.clone(),
         };
-        let y = x.conv2d(&self.weight, 0, self.stride, 1, self.groups)?;
+        let depthwise = self.groups > 1 && self.weight.dim(0)? == self.groups;
+        let (cout, cin, kh, kw) = self.weight.dims4()?;
+        let y = if depthwise && x.device().is_cpu() {
+            depthwise_conv2d_cpu(&x, &self.weight, self.stride)?
+        } else if (kh, kw, self.stride, self.groups) == (1, 1, 1, 1) {
+            // A 1x1 conv is a matmul; Candle's im2col path copies the input first.
+            let (n, _, h, w) = x.dims4()?;
+            self.weight
+                .reshape((cout, cin))?
+                .broadcast_matmul(&x.reshape((n, cin, h * w))?)?
+                .reshape((n, cout, h, w))?
+        } else {
+            x.conv2d(&self.weight, 0, self.stride, 1, self.groups)?
+        };
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?)?,
             None => y,
@@ -116,6 +129,46 @@ impl Module for Conv {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         self.run(x).map_err(candle_core::Error::wrap)
     }
+}
+
+/// A depthwise convolution (no padding) of an NCHW `f32` CPU tensor with a `[c, 1, kh, kw]`
+/// filter, by direct loops over the channel planes on all cores. Candle's grouped `conv2d`
+/// runs one convolution per group, which is very slow for hundreds of channels.
+fn depthwise_conv2d_cpu(x: &Tensor, weight: &Tensor, stride: usize) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    let (_, _, kh, kw) = weight.dims4()?;
+    let (oh, ow) = ((h - kh) / stride + 1, (w - kw) / stride + 1);
+    let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
+    let ws: Vec<f32> = weight.flatten_all()?.to_vec1()?;
+    let mut out = vec![0f32; n * c * oh * ow];
+    let plane = |p: usize, dst: &mut [f32]| {
+        let src = &xs[p * h * w..(p + 1) * h * w];
+        let taps = &ws[(p % c) * kh * kw..(p % c + 1) * kh * kw];
+        for ky in 0..kh {
+            for kx in 0..kw {
+                let wv = taps[ky * kw + kx];
+                for (oy, row) in dst.chunks_exact_mut(ow).enumerate() {
+                    let line = &src[(oy * stride + ky) * w + kx..];
+                    for (ox, o) in row.iter_mut().enumerate() {
+                        *o += wv * line[ox * stride];
+                    }
+                }
+            }
+        }
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+    let planes_per_thread = (n * c).div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        for (chunk, dst) in out.chunks_mut(planes_per_thread * oh * ow).enumerate() {
+            let plane = &plane;
+            scope.spawn(move || {
+                for (i, d) in dst.chunks_exact_mut(oh * ow).enumerate() {
+                    plane(chunk * planes_per_thread + i, d);
+                }
+            });
+        }
+    });
+    Ok(Tensor::from_vec(out, (n, c, oh, ow), x.device())?)
 }
 
 /// Adds a per-channel vector to an NCHW tensor.
@@ -173,5 +226,26 @@ mod tests {
         assert_eq!(same_padding(150, 7, 2), (2, 3));
         assert_eq!(same_padding(16, 3, 1), (1, 1));
         assert_eq!(same_padding(16, 1, 1), (0, 0));
+    }
+
+    #[test]
+    fn depthwise_fast_path_equals_grouped_conv() {
+        let dev = candle_core::Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (2, 5, 9, 8), &dev).unwrap();
+        let wt = Tensor::randn(0f32, 1.0, (5, 1, 3, 3), &dev).unwrap();
+        for stride in [1, 2] {
+            let fast = depthwise_conv2d_cpu(&x, &wt, stride).unwrap();
+            let slow = x.conv2d(&wt, 0, stride, 1, 5).unwrap();
+            assert_eq!(fast.dims(), slow.dims());
+            let diff: f32 = (fast - slow)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap();
+            assert!(diff < 1e-5, "stride {stride}: {diff}");
+        }
     }
 }

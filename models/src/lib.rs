@@ -7,6 +7,7 @@ pub mod error;
 pub mod image_io;
 pub mod layers;
 pub mod preprocess;
+pub mod ssd_mobilenet;
 pub mod tfjs;
 
 pub use error::{ModelError, Result};
