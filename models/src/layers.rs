@@ -118,6 +118,54 @@ impl Module for Conv {
     }
 }
 
+/// TF's `separableConv2d` (3x3 depthwise, `same` padding, then a 1x1 pointwise) plus bias,
+/// from `{prefix}/depthwise_filter`, `{prefix}/pointwise_filter` and `{prefix}/bias`.
+#[derive(Debug, Clone)]
+pub struct SeparableConv {
+    depthwise: Conv,
+    pointwise: Conv,
+}
+
+impl SeparableConv {
+    /// Loads the block at `prefix` mapping `cin` to `cout` channels with the depthwise `stride`.
+    pub fn load(
+        w: &WeightMap,
+        prefix: &str,
+        cin: usize,
+        cout: usize,
+        stride: usize,
+    ) -> Result<Self> {
+        Ok(Self {
+            depthwise: Conv::load_depthwise(
+                w,
+                &format!("{prefix}/depthwise_filter"),
+                3,
+                cin,
+                stride,
+            )?,
+            pointwise: Conv::load(
+                w,
+                &format!("{prefix}/pointwise_filter"),
+                Some(&format!("{prefix}/bias")),
+                (1, cin, cout),
+                1,
+                Padding::Valid,
+            )?,
+        })
+    }
+
+    /// Forward pass returning a [`Result`] with the crate's error type.
+    pub fn run(&self, x: &Tensor) -> Result<Tensor> {
+        self.pointwise.run(&self.depthwise.run(x)?)
+    }
+}
+
+impl Module for SeparableConv {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.run(x).map_err(candle_core::Error::wrap)
+    }
+}
+
 /// Adds a per-channel vector to an NCHW tensor.
 pub fn add_channel_bias(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
     Ok(x.broadcast_add(&bias.reshape((1, (), 1, 1))?)?)

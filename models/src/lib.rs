@@ -5,8 +5,10 @@
 pub mod detection;
 pub mod error;
 pub mod image_io;
+pub mod landmarks;
 pub mod layers;
 pub mod preprocess;
 pub mod tfjs;
+pub mod tiny_face_detector;
 
 pub use error::{ModelError, Result};
