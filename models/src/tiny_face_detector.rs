@@ -108,7 +108,7 @@ impl TinyFaceDetector {
         input_size: usize,
         score_threshold: f32,
     ) -> Result<Vec<Vec<Detection>>> {
-        if input_size == 0 || input_size % 32 != 0 {
+        if input_size == 0 || !input_size.is_multiple_of(32) {
             return Err(ModelError::InvalidInput(format!(
                 "TinyFaceDetector input size {input_size} is not a positive multiple of 32"
             )));

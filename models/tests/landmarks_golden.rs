@@ -113,6 +113,7 @@ fn landmarks_match_face_api_on_formula_image() {
     assert!(err < 0.05, "landmarks differ by {err} px");
 
     let x = to_batch_tensor(&[img], &Device::Cpu).unwrap();
+    net.forward(&x).unwrap(); // warm-up, so the timing below is steady-state
     let start = Instant::now();
     let raw = net.forward(&x).unwrap();
     println!(

@@ -26,6 +26,7 @@ struct TinyRaw {
 #[derive(Deserialize)]
 struct Sample {
     image: String,
+    pixel_sum: u64,
     tiny: Tiny,
 }
 
@@ -76,8 +77,15 @@ fn samples() -> Vec<(Sample, FloatImage)> {
         .map(|i| {
             let s: Sample = fixture(&format!("sample{i}.json"));
             let bytes = std::fs::read(model_dir().join("demo").join(&s.image)).unwrap();
-            let img = FloatImage::from_rgb(&decode_rgb(&bytes, DEFAULT_MAX_PIXELS).unwrap());
-            (s, img)
+            let rgb = decode_rgb(&bytes, DEFAULT_MAX_PIXELS).unwrap();
+            let sum: u64 = rgb.as_raw().iter().map(|&v| u64::from(v)).sum();
+            println!(
+                "{}: decoded pixel sum {sum}, jpeg-js {} (diff {})",
+                s.image,
+                s.pixel_sum,
+                sum as i64 - s.pixel_sum as i64
+            );
+            (s, FloatImage::from_rgb(&rgb))
         })
         .collect()
 }
@@ -107,6 +115,7 @@ fn raw_output_matches_face_api_on_formula_image() {
     let fixed: Fixed = fixture("fixed.json");
     let s = fixed.tiny_raw.size;
     let x = to_batch_tensor(&[formula(s)], &Device::Cpu).unwrap();
+    net.forward(&x).unwrap(); // warm-up, so the timing below is steady-state
     let start = Instant::now();
     let out = net.forward(&x).unwrap();
     println!(
