@@ -53,6 +53,10 @@ pub enum ModelError {
     /// The image is truncated or corrupt.
     #[error("cannot decode image: {0}")]
     Decode(String),
+    /// The caller passed an argument the network cannot process (empty image, face box outside
+    /// the image, input size not a multiple of 32, ...).
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
     /// An error raised inside Candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -5,9 +5,11 @@
 pub mod detection;
 pub mod error;
 pub mod image_io;
+pub mod landmarks;
 pub mod layers;
 pub mod preprocess;
 pub mod ssd_mobilenet;
 pub mod tfjs;
+pub mod tiny_face_detector;
 
 pub use error::{ModelError, Result};
