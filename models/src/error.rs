@@ -53,6 +53,9 @@ pub enum ModelError {
     /// The image is truncated or corrupt.
     #[error("cannot decode image: {0}")]
     Decode(String),
+    /// An input a network or transform cannot process (empty image, wrong landmark count...).
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
     /// An error raised inside Candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -2,11 +2,13 @@
 //! (SSD MobileNetV1 and TinyFaceDetector detectors, FaceLandmark68Net, FaceRecognitionNet),
 //! their weight loader, preprocessing, alignment and a batched pipeline.
 
+pub mod align;
 pub mod detection;
 pub mod error;
 pub mod image_io;
 pub mod layers;
 pub mod preprocess;
+pub mod recognition;
 pub mod tfjs;
 
 pub use error::{ModelError, Result};
