@@ -21,6 +21,10 @@ use crate::tiny_face_detector::TinyFaceDetector;
 /// Version tag stored with every embedding, so a model change can be detected.
 pub const MODEL_VERSION: &str = "face-api-1.7.15/resnet128/dlib-chip";
 
+/// Default minimum cosine similarity of two embeddings to call them the same person
+/// (calibrated on the face_recognition and face-api test photos; see the README's Accuracy section).
+pub const DEFAULT_MATCH_THRESHOLD: f32 = 0.92;
+
 /// Which face detector runs first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
