@@ -23,7 +23,7 @@ locals {
     redis_port         = google_redis_instance.this.port
     bucket             = google_storage_bucket.photos.name
     rust_log           = var.rust_log
-    extra_env          = var.rollcall_env
+    extra_env_b64      = base64encode(join("", [for k in sort(keys(var.rollcall_env)) : "${k}=${var.rollcall_env[k]}\n"]))
   })
 }
 
