@@ -111,6 +111,9 @@ resource "google_sql_database_instance" "this" {
 resource "google_sql_database" "rollcall" {
   name     = local.db_name
   instance = google_sql_database_instance.this.name
+
+  # Postgres refuses to drop a database others still use; it goes with the instance.
+  deletion_policy = "ABANDON"
 }
 
 resource "random_password" "db" {
@@ -122,6 +125,9 @@ resource "google_sql_user" "rollcall" {
   name     = local.db_user
   instance = google_sql_database_instance.this.name
   password = random_password.db.result
+
+  # Postgres refuses to drop a role that owns tables; it goes with the instance.
+  deletion_policy = "ABANDON"
 }
 
 # ---------------------------------------------------------------------------------------

@@ -65,6 +65,10 @@ resource "google_service_networking_connection" "private_services" {
   network                 = google_compute_network.this.id
   service                 = "servicenetworking.googleapis.com"
   reserved_peering_ranges = [google_compute_global_address.private_services.name]
+
+  # Google releases the peering only some time after Cloud SQL and Memorystore are gone;
+  # abandoning it lets `terraform destroy` finish (it is removed with the network).
+  deletion_policy = "ABANDON"
 }
 
 # HTTPS in: TLS terminates at the global load balancer (port 443, and port 80 only to
