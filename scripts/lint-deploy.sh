@@ -335,11 +335,13 @@ strings = []
 
 
 def walk_strings(x):
+    """Every expression string (descriptions are prose, not references)."""
     if isinstance(x, str):
         strings.append(x)
     elif isinstance(x, dict):
-        for v in x.values():
-            walk_strings(v)
+        for k, v in x.items():
+            if k not in ("description", "error_message"):
+                walk_strings(v)
     elif isinstance(x, list):
         for v in x:
             walk_strings(v)
@@ -436,6 +438,12 @@ for t, n in sorted(set(re.findall(r"(?<![\w.])((?:google|random)_[a-z_0-9]+)\.([
 for t, n in sorted(set(re.findall(r"\bdata\.([a-z_0-9]+)\.([a-z_0-9]+)", text))):
     if f"{t}.{n}" not in decl["data"]:
         problems.append(f"data.{t}.{n} is referenced but not declared")
+for v in sorted(set(decl["variable"]) - set(re.findall(r"\bvar\.([a-z_0-9]+)", text))):
+    problems.append(f"variable '{v}' is declared but never used")
+for v in sorted(decl["locals"] - set(re.findall(r"\blocal\.([a-z_0-9]+)", text))):
+    problems.append(f"local '{v}' is declared but never used")
+for d in sorted(decl["data"] - {f"{t}.{n}" for t, n in re.findall(r"\bdata\.([a-z_0-9]+)\.([a-z_0-9]+)", text)}):
+    problems.append(f"data.{d} is declared but never used")
 
 example = {k: v for k, v in docs.get("terraform.tfvars.example", {}).items() if not k.startswith("__")}
 for k in sorted(set(example) - set(decl["variable"])):
@@ -446,7 +454,8 @@ for k, body in sorted(decl["variable"].items()):
 
 report("tf-schema", problems,
        f"{checked} resource/data blocks match the google 6.50.0 / random 3.7.2 schemas; "
-       f"{len(decl['variable'])} variables and {len(decl['output'])} outputs documented; references resolve")
+       f"{len(decl['variable'])} variables and {len(decl['output'])} outputs documented; "
+       "every reference resolves and every variable, local and data source is used")
 
 # cloud-init -------------------------------------------------------------------------------
 problems = []

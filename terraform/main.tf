@@ -16,10 +16,6 @@ provider "google" {
   default_labels = local.labels
 }
 
-data "google_project" "this" {
-  project_id = var.project_id
-}
-
 locals {
   labels = merge({ app = "rollcall", managed-by = "terraform" }, var.labels)
 
