@@ -56,7 +56,7 @@ GOOGLE_SCHEMA_SHA512=KqNA/5RiFT07r0PSZ6/07cJ2zESUgbj1JchVj21iBFBZVUbD+578xA/k8eq
 RANDOM_SCHEMA_PKG=@cdktf/provider-random@12.0.1
 RANDOM_SCHEMA_SHA512=yE9fteVRxekOl6MhJeM6sac1VkljCwGFrZxozq0aE11zTBmB4oQBr3nk9Z1A2C5C3IB/0jKmabYDNPqgrZDfNw==
 
-export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 PYTHONDONTWRITEBYTECODE=1
+export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
 # terraform fmt/console need no CLI configuration (and must not warn about a missing one).
 export TF_CLI_CONFIG_FILE=/dev/null
 

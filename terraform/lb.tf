@@ -50,6 +50,27 @@ resource "google_compute_backend_service" "rollcall" {
 resource "google_compute_url_map" "https" {
   name            = "${var.name}-https"
   default_service = google_compute_backend_service.rollcall.id
+
+  host_rule {
+    hosts        = ["*"]
+    path_matcher = "rollcall"
+  }
+
+  path_matcher {
+    name            = "rollcall"
+    default_service = google_compute_backend_service.rollcall.id
+
+    # Prometheus metrics are not published: scrape them inside the VPC on each VM's
+    # :8080/metrics. The public path answers with a redirect to the home page.
+    path_rule {
+      paths = ["/metrics", "/metrics/*"]
+      url_redirect {
+        path_redirect          = "/"
+        redirect_response_code = "FOUND"
+        strip_query            = true
+      }
+    }
+  }
 }
 
 resource "google_compute_target_https_proxy" "this" {
