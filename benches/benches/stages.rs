@@ -15,7 +15,8 @@ use rollcall_models::tfjs::WeightMap;
 use rollcall_models::tiny_face_detector::TinyFaceDetector;
 
 fn weights(model: &str) -> WeightMap {
-    WeightMap::load(&model_dir().join("model"), model, &Device::Cpu).expect("weights; run scripts/fetch-assets.sh")
+    WeightMap::load(&model_dir().join("model"), model, &Device::Cpu)
+        .expect("weights; run scripts/fetch-assets.sh")
 }
 
 fn stages(c: &mut Criterion) {
@@ -28,10 +29,17 @@ fn stages(c: &mut Criterion) {
     // Every face of the frames, with its frame, box, landmarks and chip.
     let refs: Vec<&FloatImage> = frames.iter().collect();
     let dets = ssd.detect(&refs, 0.5, 100).unwrap();
-    let faces: Vec<(&FloatImage, _)> =
-        dets.iter().enumerate().flat_map(|(i, d)| d.iter().map(move |d| (&frames[i], d.bbox))).collect();
+    let faces: Vec<(&FloatImage, _)> = dets
+        .iter()
+        .enumerate()
+        .flat_map(|(i, d)| d.iter().map(move |d| (&frames[i], d.bbox)))
+        .collect();
     let lms = marks.detect(&faces).unwrap();
-    let chips: Vec<FloatImage> = faces.iter().zip(&lms).map(|((img, _), lm)| dlib_chip(img, &lm.points)).collect();
+    let chips: Vec<FloatImage> = faces
+        .iter()
+        .zip(&lms)
+        .map(|((img, _), lm)| dlib_chip(img, &lm.points))
+        .collect();
     let cycle = |n: usize| -> Vec<usize> { (0..n).map(|i| i % faces.len()).collect() };
 
     let mut g = c.benchmark_group("detect_640x480");
@@ -39,8 +47,12 @@ fn stages(c: &mut Criterion) {
     for batch in [1usize, 8] {
         let input: Vec<&FloatImage> = (0..batch).map(|i| &frames[i % frames.len()]).collect();
         g.throughput(Throughput::Elements(batch as u64));
-        g.bench_with_input(BenchmarkId::new("ssd", batch), &input, |b, x| b.iter(|| ssd.detect(x, 0.5, 100).unwrap()));
-        g.bench_with_input(BenchmarkId::new("tiny416", batch), &input, |b, x| b.iter(|| tiny.detect(x, 416, 0.5).unwrap()));
+        g.bench_with_input(BenchmarkId::new("ssd", batch), &input, |b, x| {
+            b.iter(|| ssd.detect(x, 0.5, 100).unwrap())
+        });
+        g.bench_with_input(BenchmarkId::new("tiny416", batch), &input, |b, x| {
+            b.iter(|| tiny.detect(x, 416, 0.5).unwrap())
+        });
     }
     g.finish();
 
@@ -50,24 +62,34 @@ fn stages(c: &mut Criterion) {
         let idx = cycle(batch);
         g.throughput(Throughput::Elements(batch as u64));
         let boxes: Vec<(&FloatImage, _)> = idx.iter().map(|&i| faces[i]).collect();
-        g.bench_with_input(BenchmarkId::new("landmarks", batch), &boxes, |b, x| b.iter(|| marks.detect(x).unwrap()));
-        let align_in: Vec<(&FloatImage, &[[f32; 2]])> = idx.iter().map(|&i| (faces[i].0, lms[i].points.as_slice())).collect();
+        g.bench_with_input(BenchmarkId::new("landmarks", batch), &boxes, |b, x| {
+            b.iter(|| marks.detect(x).unwrap())
+        });
+        let align_in: Vec<(&FloatImage, &[[f32; 2]])> = idx
+            .iter()
+            .map(|&i| (faces[i].0, lms[i].points.as_slice()))
+            .collect();
         g.bench_with_input(BenchmarkId::new("align", batch), &align_in, |b, x| {
             b.iter(|| x.iter().map(|(img, pts)| dlib_chip(img, pts)).count())
         });
         let chip_in: Vec<&FloatImage> = idx.iter().map(|&i| &chips[i]).collect();
-        g.bench_with_input(BenchmarkId::new("embed", batch), &chip_in, |b, x| b.iter(|| recog.embed(x).unwrap()));
+        g.bench_with_input(BenchmarkId::new("embed", batch), &chip_in, |b, x| {
+            b.iter(|| recog.embed(x).unwrap())
+        });
     }
     g.finish();
 
-    let pipeline = FacePipeline::load(&model_dir(), &Device::Cpu, PipelineConfig::default()).unwrap();
+    let pipeline =
+        FacePipeline::load(&model_dir(), &Device::Cpu, PipelineConfig::default()).unwrap();
     let rgb: Vec<_> = (1..=6).map(frame).collect();
     let mut g = c.benchmark_group("pipeline_640x480");
     g.sample_size(10);
     for batch in [1usize, 4] {
         let input = rgb[..batch].to_vec();
         g.throughput(Throughput::Elements(batch as u64));
-        g.bench_with_input(BenchmarkId::new("ssd", batch), &input, |b, x| b.iter(|| pipeline.process(x).unwrap()));
+        g.bench_with_input(BenchmarkId::new("ssd", batch), &input, |b, x| {
+            b.iter(|| pipeline.process(x).unwrap())
+        });
     }
     g.finish();
 }

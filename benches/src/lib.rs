@@ -15,12 +15,15 @@ pub fn assets() -> PathBuf {
 
 /// The folder holding face-api's `model/` and `demo/` (or `ROLLCALL_MODEL_DIR`).
 pub fn model_dir() -> PathBuf {
-    std::env::var_os("ROLLCALL_MODEL_DIR").map(PathBuf::from).unwrap_or_else(|| assets().join("face-api"))
+    std::env::var_os("ROLLCALL_MODEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| assets().join("face-api"))
 }
 
 /// A decoded photo.
 pub fn load(path: PathBuf) -> RgbImage {
-    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}; run scripts/fetch-assets.sh", path.display()));
+    let bytes = std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}; run scripts/fetch-assets.sh", path.display()));
     decode_rgb(&bytes, DEFAULT_MAX_PIXELS).expect("a valid photo")
 }
 
