@@ -2,12 +2,15 @@
 //! (SSD MobileNetV1 and TinyFaceDetector detectors, FaceLandmark68Net, FaceRecognitionNet),
 //! their weight loader, preprocessing, alignment and a batched pipeline.
 
+pub mod align;
 pub mod detection;
 pub mod error;
 pub mod image_io;
 pub mod landmarks;
 pub mod layers;
+pub mod pipeline;
 pub mod preprocess;
+pub mod recognition;
 pub mod ssd_mobilenet;
 pub mod tfjs;
 pub mod tiny_face_detector;

@@ -1,0 +1,216 @@
+//! face-api's `FaceRecognitionNet`: a dlib-style ResNet-34 variant (conv + per-channel scale
+//! layers, residual blocks, four down-sampling residual blocks) mapping a 150×150 face to a
+//! 128-d descriptor. Mirrors `src/faceRecognitionNet/*` of `@vladmandic/face-api@1.7.15`.
+
+use candle_core::{Device, Tensor, D};
+
+use crate::error::{ModelError, Result};
+use crate::layers::{max_pool, Conv, Padding};
+use crate::preprocess::{to_batch_tensor, FloatImage};
+use crate::tfjs::WeightMap;
+
+/// face-api's `normalize` mean, subtracted per RGB channel before dividing by 255.
+const MEAN_RGB: [f32; 3] = [122.782, 117.001, 104.298];
+
+/// `conv` → `+ bias` → scale layer (`* weights + biases`), optionally ReLU.
+///
+/// The scale layer is folded into the conv at load time:
+/// `(conv(x, W) + b) * s + t = conv(x, W * s) + (b * s + t)` (exact up to float rounding).
+#[derive(Debug, Clone)]
+struct ConvLayer {
+    conv: Conv,
+    relu: bool,
+}
+
+impl ConvLayer {
+    fn load(
+        w: &WeightMap,
+        prefix: &str,
+        (k, cin, cout): (usize, usize, usize),
+        stride: usize,
+        padding: Padding,
+        relu: bool,
+    ) -> Result<Self> {
+        let mut conv = Conv::load(
+            w,
+            &format!("{prefix}/conv/filters"),
+            Some(&format!("{prefix}/conv/bias")),
+            (k, cin, cout),
+            stride,
+            padding,
+        )?;
+        let scale = w.vector(&format!("{prefix}/scale/weights"), cout)?;
+        let shift = w.vector(&format!("{prefix}/scale/biases"), cout)?;
+        conv.weight = conv
+            .weight
+            .broadcast_mul(&scale.reshape((cout, 1, 1, 1))?)?;
+        conv.bias = match conv.bias {
+            Some(b) => Some(b.mul(&scale)?.add(&shift)?),
+            None => Some(shift),
+        };
+        Ok(Self { conv, relu })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.conv.run(x)?;
+        Ok(if self.relu { y.relu()? } else { y })
+    }
+}
+
+/// face-api's `residual` (`conv` → `convNoRelu` → `+ x` → ReLU) and `residualDown`
+/// (`convDown` (3×3, stride 2, valid) → `convNoRelu`, shortcut `avgPool(2, 2, valid)`).
+#[derive(Debug, Clone)]
+struct Residual {
+    conv1: ConvLayer,
+    conv2: ConvLayer,
+    down: bool,
+}
+
+impl Residual {
+    fn load(w: &WeightMap, prefix: &str, cin: usize, cout: usize, down: bool) -> Result<Self> {
+        let (stride, padding) = if down {
+            (2, Padding::Valid)
+        } else {
+            (1, Padding::Same)
+        };
+        Ok(Self {
+            conv1: ConvLayer::load(
+                w,
+                &format!("{prefix}/conv1"),
+                (3, cin, cout),
+                stride,
+                padding,
+                true,
+            )?,
+            conv2: ConvLayer::load(
+                w,
+                &format!("{prefix}/conv2"),
+                (3, cout, cout),
+                1,
+                Padding::Same,
+                false,
+            )?,
+            down,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let out = self.conv2.forward(&self.conv1.forward(x)?)?;
+        if !self.down {
+            return Ok((out + x)?.relu()?);
+        }
+        // residualDown: the shortcut is a 2×2/2 valid average pool of the input. When the
+        // strided valid conv came out one smaller (odd-to-even sizes), face-api appends a zero
+        // row at the bottom and a zero column at the right of the conv branch; when channels
+        // double, it appends as many zero channels to the shortcut.
+        let mut pooled = x.avg_pool2d_with_stride(2, 2)?;
+        let (_, c_out, h_out, w_out) = out.dims4()?;
+        let (_, c_in, h_pool, w_pool) = pooled.dims4()?;
+        let mut out = out;
+        if h_pool != h_out || w_pool != w_out {
+            out = out
+                .pad_with_zeros(2, 0, h_pool - h_out)?
+                .pad_with_zeros(3, 0, w_pool - w_out)?;
+        }
+        if c_in != c_out {
+            pooled = pooled.pad_with_zeros(1, 0, c_out - c_in)?;
+        }
+        Ok((pooled + out)?.relu()?)
+    }
+}
+
+/// face-api's face recognition network (128-d descriptors, dlib's ResNet weights).
+#[derive(Debug, Clone)]
+pub struct FaceRecognitionNet {
+    conv32_down: ConvLayer,
+    blocks: Vec<Residual>,
+    fc: Tensor,
+    mean: Tensor,
+    device: Device,
+}
+
+impl FaceRecognitionNet {
+    /// Model name of the TF.js weight files.
+    pub const MODEL: &'static str = "face_recognition_model";
+    /// Side of the square input the network takes.
+    pub const INPUT_SIZE: usize = 150;
+    /// Length of a descriptor.
+    pub const DESCRIPTOR_LEN: usize = 128;
+
+    /// Builds the network from the `face_recognition_model` weights.
+    pub fn load(weights: &WeightMap) -> Result<Self> {
+        let conv32_down =
+            ConvLayer::load(weights, "conv32_down", (7, 3, 32), 2, Padding::Valid, true)?;
+        // (name, in channels, out channels, down-sampling)
+        const BLOCKS: [(&str, usize, usize, bool); 14] = [
+            ("conv32_1", 32, 32, false),
+            ("conv32_2", 32, 32, false),
+            ("conv32_3", 32, 32, false),
+            ("conv64_down", 32, 64, true),
+            ("conv64_1", 64, 64, false),
+            ("conv64_2", 64, 64, false),
+            ("conv64_3", 64, 64, false),
+            ("conv128_down", 64, 128, true),
+            ("conv128_1", 128, 128, false),
+            ("conv128_2", 128, 128, false),
+            ("conv256_down", 128, 256, true),
+            ("conv256_1", 256, 256, false),
+            ("conv256_2", 256, 256, false),
+            ("conv256_down_out", 256, 256, true),
+        ];
+        let blocks = BLOCKS
+            .iter()
+            .map(|&(name, cin, cout, down)| Residual::load(weights, name, cin, cout, down))
+            .collect::<Result<Vec<_>>>()?;
+        let fc = weights.get("fc", &[256, Self::DESCRIPTOR_LEN])?;
+        let device = fc.device().clone();
+        let mean = Tensor::new(&MEAN_RGB, &device)?.reshape((1, 3, 1, 1))?;
+        Ok(Self {
+            conv32_down,
+            blocks,
+            fc,
+            mean,
+            device,
+        })
+    }
+
+    /// `x`: `[n, 3, 150, 150]` raw pixels `0..=255` → `[n, 128]` raw (unnormalised)
+    /// descriptors, as face-api's `computeFaceDescriptor` returns them.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x = (x.broadcast_sub(&self.mean)? / 255.0)?;
+        let mut out = self.conv32_down.forward(&x)?;
+        out = max_pool(&out, 3, 2, Padding::Valid)?;
+        for block in &self.blocks {
+            out = block.forward(&out)?;
+        }
+        let global_avg = out.mean((2, 3))?;
+        Ok(global_avg.matmul(&self.fc)?)
+    }
+
+    /// Face images of any size → padded to square (centred, as face-api's
+    /// `toBatchTensor(150, true)`), resized to 150×150 when needed, run as ONE batched
+    /// forward; each descriptor is L2-normalised.
+    pub fn embed(&self, faces: &[&FloatImage]) -> Result<Vec<Vec<f32>>> {
+        if faces.is_empty() {
+            return Ok(Vec::new());
+        }
+        let size = Self::INPUT_SIZE;
+        let inputs = faces
+            .iter()
+            .map(|face| {
+                if face.width == 0 || face.height == 0 {
+                    return Err(ModelError::InvalidInput(format!(
+                        "empty face image {}x{}",
+                        face.width, face.height
+                    )));
+                }
+                Ok(face.pad_to_square(true).resize_bilinear(size, size))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let batch = to_batch_tensor(&inputs, &self.device)?;
+        let raw = self.forward(&batch)?;
+        let norm = raw.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?;
+        let unit = raw.broadcast_div(&norm.maximum(1e-12)?)?;
+        Ok(unit.to_vec2()?)
+    }
+}
