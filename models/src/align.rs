@@ -412,7 +412,7 @@ pub const MIN_SHARPNESS: f32 = 30.0;
 pub const GOOD_SHARPNESS: f32 = 100.0;
 
 /// Quality of one aligned face.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Quality {
     /// `0..=1`: the product of a size term and a sharpness term, each saturating at its
     /// "good" level and reaching 0 at zero size / zero sharpness.
