@@ -46,12 +46,7 @@ pub struct PipelineConfig {
 
 impl Default for PipelineConfig {
     fn default() -> Self {
-        Self {
-            detector: DetectorKind::Ssd,
-            min_confidence: 0.5,
-            max_faces: 100,
-            tiny_input_size: 416,
-        }
+        Self { detector: DetectorKind::Ssd, min_confidence: 0.5, max_faces: 100, tiny_input_size: 416 }
     }
 }
 
@@ -108,27 +103,16 @@ impl FacePipeline {
     pub fn load(model_dir: &Path, device: &Device, config: PipelineConfig) -> Result<Self> {
         let dir = model_dir.join("model");
         let detector = match config.detector {
-            DetectorKind::Ssd => Detector::Ssd(SsdMobilenetV1::load(&WeightMap::load(
-                &dir,
-                SsdMobilenetV1::MODEL,
-                device,
-            )?)?),
-            DetectorKind::Tiny => Detector::Tiny(TinyFaceDetector::load(&WeightMap::load(
-                &dir,
-                TinyFaceDetector::MODEL,
-                device,
-            )?)?),
+            DetectorKind::Ssd => {
+                Detector::Ssd(SsdMobilenetV1::load(&WeightMap::load(&dir, SsdMobilenetV1::MODEL, device)?)?)
+            }
+            DetectorKind::Tiny => {
+                Detector::Tiny(TinyFaceDetector::load(&WeightMap::load(&dir, TinyFaceDetector::MODEL, device)?)?)
+            }
         };
-        let landmarks =
-            FaceLandmark68Net::load(&WeightMap::load(&dir, FaceLandmark68Net::MODEL, device)?)?;
-        let recognition =
-            FaceRecognitionNet::load(&WeightMap::load(&dir, FaceRecognitionNet::MODEL, device)?)?;
-        Ok(Self {
-            detector,
-            landmarks,
-            recognition,
-            config,
-        })
+        let landmarks = FaceLandmark68Net::load(&WeightMap::load(&dir, FaceLandmark68Net::MODEL, device)?)?;
+        let recognition = FaceRecognitionNet::load(&WeightMap::load(&dir, FaceRecognitionNet::MODEL, device)?)?;
+        Ok(Self { detector, landmarks, recognition, config })
     }
 
     /// The settings this pipeline runs with.
@@ -150,24 +134,16 @@ impl FacePipeline {
             .enumerate()
             .flat_map(|(i, dets)| dets.iter().map(move |d| (i, *d)))
             .collect();
-        let crops: Vec<(&FloatImage, _)> =
-            owners.iter().map(|(i, d)| (&floats[*i], d.bbox)).collect();
+        let crops: Vec<(&FloatImage, _)> = owners.iter().map(|(i, d)| (&floats[*i], d.bbox)).collect();
         let t = Instant::now();
         let landmarks = self.landmarks.detect(&crops)?;
         timings.landmarks = t.elapsed();
 
         let t = Instant::now();
-        let chips: Vec<FloatImage> = owners
-            .iter()
-            .zip(&landmarks)
-            .map(|((i, _), lm)| dlib_chip(&floats[*i], &lm.points))
-            .collect();
-        let qualities: Vec<Quality> = owners
-            .iter()
-            .zip(&landmarks)
-            .zip(&chips)
-            .map(|(((i, _), lm), chip)| assess(&floats[*i], &lm.points, chip))
-            .collect();
+        let chips: Vec<FloatImage> =
+            owners.iter().zip(&landmarks).map(|((i, _), lm)| dlib_chip(&floats[*i], &lm.points)).collect();
+        let qualities: Vec<Quality> =
+            owners.iter().zip(&landmarks).zip(&chips).map(|(((i, _), lm), chip)| assess(&floats[*i], &lm.points, chip)).collect();
         timings.align = t.elapsed();
 
         let t = Instant::now();
@@ -176,18 +152,10 @@ impl FacePipeline {
         timings.embed = t.elapsed();
 
         let mut faces: Vec<Vec<Face>> = vec![Vec::new(); images.len()];
-        for ((((i, detection), landmarks), quality), embedding) in owners
-            .into_iter()
-            .zip(landmarks)
-            .zip(qualities)
-            .zip(embeddings)
+        for ((((i, detection), landmarks), quality), embedding) in
+            owners.into_iter().zip(landmarks).zip(qualities).zip(embeddings)
         {
-            faces[i].push(Face {
-                detection,
-                landmarks,
-                quality,
-                embedding,
-            });
+            faces[i].push(Face { detection, landmarks, quality, embedding });
         }
         Ok(Processed { faces, timings })
     }
