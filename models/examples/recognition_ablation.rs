@@ -15,7 +15,7 @@
 //! cargo run -p rollcall-models --example recognition_ablation
 //! ```
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use candle_core::Device;
@@ -52,7 +52,11 @@ fn unit(v: &[f32]) -> Vec<f32> {
 }
 
 fn dist(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f32>().sqrt()
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y) * (x - y))
+        .sum::<f32>()
+        .sqrt()
 }
 
 fn cos(a: &[f32], b: &[f32]) -> f32 {
@@ -127,7 +131,10 @@ fn sweep(sets: &[(String, Set)]) {
                 .filter(|&(i, j)| cos(&set.obama[FULL[i]], &set.obama[FULL[j]]) >= t)
                 .count();
             let bid = set.obama.iter().filter(|o| cos(o, &set.biden) >= t).count();
-            print!(" {fm} / {g5}/10 / {g3}/3{} |", if bid > 0 { " (biden!)" } else { "" });
+            print!(
+                " {fm} / {g5}/10 / {g3}/3{} |",
+                if bid > 0 { " (biden!)" } else { "" }
+            );
         }
         println!();
     }
@@ -154,7 +161,7 @@ fn sweep(sets: &[(String, Set)]) {
     }
 }
 
-fn read_photo(path: &PathBuf) -> Result<FloatImage> {
+fn read_photo(path: &Path) -> Result<FloatImage> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     Ok(FloatImage::from_rgb(&decode_rgb(&bytes, 100_000_000)?))
 }
@@ -211,7 +218,7 @@ const VARIANTS: [&str; 4] = [
 ];
 
 /// dlib's own pipeline (HOG detector, 68-point predictor, chip, ResNet) from the fixtures.
-fn dlib_reference(fixtures: &PathBuf) -> Option<Set> {
+fn dlib_reference(fixtures: &Path) -> Option<Set> {
     let read = |stem: &str| -> Option<Vec<Vec<f32>>> {
         let text = std::fs::read(fixtures.join(format!("{stem}.json"))).ok()?;
         let v: Value = serde_json::from_slice(&text).ok()?;
@@ -222,7 +229,12 @@ fn dlib_reference(fixtures: &PathBuf) -> Option<Set> {
                 .map(|f| {
                     f["descriptor"]
                         .as_array()
-                        .map(|d| d.iter().filter_map(|x| x.as_f64()).map(|x| x as f32).collect())
+                        .map(|d| {
+                            d.iter()
+                                .filter_map(|x| x.as_f64())
+                                .map(|x| x as f32)
+                                .collect()
+                        })
                         .unwrap_or_default()
                 })
                 .collect(),
@@ -244,7 +256,11 @@ fn dlib_reference(fixtures: &PathBuf) -> Option<Set> {
     for i in 1..=6 {
         group.extend(read(&format!("sample{i}"))?);
     }
-    Some(Set { obama, biden, group })
+    Some(Set {
+        obama,
+        biden,
+        group,
+    })
 }
 
 fn main() -> Result<()> {
@@ -292,7 +308,12 @@ fn main() -> Result<()> {
     for (g, img) in groups.iter().enumerate() {
         for (k, lm) in faces(&models, img, false)?.into_iter().enumerate() {
             let nose = lm[30];
-            labels.push(format!("sample{}#{k} (nose at {:.0},{:.0})", g + 1, nose[0], nose[1]));
+            labels.push(format!(
+                "sample{}#{k} (nose at {:.0},{:.0})",
+                g + 1,
+                nose[0],
+                nose[1]
+            ));
             group_faces.push((img, lm));
         }
     }
@@ -324,7 +345,10 @@ fn main() -> Result<()> {
             set.group.len(),
             set.group.len() * (set.group.len() - 1) / 2
         );
-        sets.push(("dlib's own pipeline (HOG + shape predictor)".to_owned(), set));
+        sets.push((
+            "dlib's own pipeline (HOG + shape predictor)".to_owned(),
+            set,
+        ));
     }
     let unit_sets: Vec<(String, Set)> = sets
         .iter()

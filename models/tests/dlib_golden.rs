@@ -4,7 +4,10 @@
 use std::path::PathBuf;
 
 use candle_core::Device;
+use rollcall_models::align::{dlib_chip, CHIP_SIZE};
 use rollcall_models::dlib_weights::{load_dlib_resnet, DLIB_RESNET_FILE};
+use rollcall_models::image_io::decode_rgb;
+use rollcall_models::preprocess::{to_batch_tensor, FloatImage};
 use rollcall_models::recognition::FaceRecognitionNet;
 use rollcall_models::tfjs::WeightMap;
 use rollcall_models::ModelError;
@@ -125,5 +128,193 @@ fn foreign_files_are_a_typed_error() {
             matches!(err, ModelError::ForeignWeights { .. }),
             "{name}: expected ForeignWeights, got {err}"
         );
+    }
+}
+
+fn dlib_net() -> FaceRecognitionNet {
+    FaceRecognitionNet::load(&load_dlib_resnet(&dlib_file(), &Device::Cpu).unwrap()).unwrap()
+}
+
+fn fixture(name: &str) -> Value {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/dlib")
+        .join(name);
+    serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
+}
+
+fn floats(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (na * nb)
+}
+
+fn distance(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y) * (x - y))
+        .sum::<f32>()
+        .sqrt()
+}
+
+fn formula_image(size: usize) -> FloatImage {
+    let mut img = FloatImage::zeros(size, size);
+    for y in 0..size {
+        for x in 0..size {
+            for c in 0..3 {
+                img.data[(y * size + x) * 3 + c] = ((x * 7 + y * 13 + c * 29) % 256) as f32;
+            }
+        }
+    }
+    img
+}
+
+fn forward(net: &FaceRecognitionNet, inputs: &[FloatImage]) -> Vec<Vec<f32>> {
+    let x = to_batch_tensor(inputs, &Device::Cpu).unwrap();
+    net.forward(&x).unwrap().to_vec2().unwrap()
+}
+
+/// Network only, identical input: dlib's `compute_face_descriptor` of the synthetic chip.
+#[test]
+fn descriptor_of_formula_chip_matches_dlib() {
+    let expected = floats(&fixture("fixed.json")["recognition"]);
+    let got = forward(
+        &dlib_net(),
+        &[formula_image(FaceRecognitionNet::INPUT_SIZE)],
+    )
+    .remove(0);
+    let cos = cosine(&got, &expected);
+    let diff = got
+        .iter()
+        .zip(&expected)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    println!("formula chip vs dlib: cosine {cos:.7}, max abs diff {diff:.2e}");
+    assert!(cos >= 0.9999, "cosine {cos}");
+    assert!(diff < 1e-3, "max abs diff {diff}");
+}
+
+/// The photos of the fixtures, with the faces dlib found in them.
+fn photos() -> Vec<(String, FloatImage, Value)> {
+    let fr = assets().join("face_recognition/test_images");
+    let demo = model_dir().join("demo");
+    let mut out = Vec::new();
+    for name in [
+        "obama",
+        "obama2",
+        "obama3",
+        "obama_partial_face",
+        "obama_partial_face2",
+        "biden",
+    ]
+    .iter()
+    .map(|n| (n.to_string(), fr.join(format!("{n}.jpg"))))
+    .chain((1..=6).map(|i| (format!("sample{i}"), demo.join(format!("sample{i}.jpg")))))
+    {
+        let (stem, path) = name;
+        let img =
+            FloatImage::from_rgb(&decode_rgb(&std::fs::read(&path).unwrap(), 100_000_000).unwrap());
+        out.push((stem.clone(), img, fixture(&format!("{stem}.json"))));
+    }
+    out
+}
+
+fn landmarks(face: &Value) -> Vec<[f32; 2]> {
+    face["landmarks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let p = floats(p);
+            [p[0], p[1]]
+        })
+        .collect()
+}
+
+/// Our `dlib_chip` from dlib's own landmarks against dlib's `get_face_chip`, and the dlib
+/// weights on our chip against dlib's descriptor (alignment + network end to end).
+#[test]
+fn chips_and_descriptors_from_dlib_landmarks_match_dlib() {
+    let net = dlib_net();
+    let (mut worst_cos, mut worst_dist, mut faces) = (1.0f32, 0.0f32, 0);
+    for (stem, img, fx) in photos() {
+        let decoded: f64 = img.data.iter().map(|&v| f64::from(v)).sum();
+        let pixel_diff = (decoded - fx["pixel_sum"].as_f64().unwrap()) / img.data.len() as f64;
+        let mut chips = Vec::new();
+        let mut expected = Vec::new();
+        for face in fx["faces"].as_array().unwrap() {
+            let chip = dlib_chip(&img, &landmarks(face));
+            let sums = floats(&face["chip_sum"]);
+            let mean_diff: Vec<f32> = (0..3)
+                .map(|c| {
+                    let ours: f32 = chip.data.iter().skip(c).step_by(3).sum();
+                    (ours - sums[c]) / (CHIP_SIZE * CHIP_SIZE) as f32
+                })
+                .collect();
+            let mut grid_diff = (0.0f32, 0.0f32);
+            let grid = face["chip_grid"].as_array().unwrap();
+            for (gy, row) in grid.iter().enumerate() {
+                for (gx, px) in row.as_array().unwrap().iter().enumerate() {
+                    let (x, y) = (9 + 18 * gx, 9 + 18 * gy);
+                    for (c, v) in floats(px).iter().enumerate() {
+                        let d = (chip.at(x, y, c) - v).abs();
+                        grid_diff = (grid_diff.0 + d / 192.0, grid_diff.1.max(d));
+                    }
+                }
+            }
+            println!(
+                "{stem}: decoded mean diff {pixel_diff:+.3}; chip mean diff per channel \
+                 {mean_diff:+.2?}, 8x8 grid mean |diff| {:.2} max {:.0}",
+                grid_diff.0, grid_diff.1
+            );
+            assert!(grid_diff.0 < 4.0, "{stem}: chip differs from dlib's");
+            chips.push(chip);
+            expected.push(floats(&face["descriptor"]));
+        }
+        if chips.is_empty() {
+            continue;
+        }
+        for (got, want) in forward(&net, &chips).iter().zip(&expected) {
+            let (cos, dist) = (cosine(got, want), distance(got, want));
+            println!("{stem}: descriptor vs dlib: cosine {cos:.5}, distance {dist:.4}");
+            worst_cos = worst_cos.min(cos);
+            worst_dist = worst_dist.max(dist);
+            faces += 1;
+        }
+    }
+    println!("{faces} faces: worst cosine {worst_cos:.5}, worst distance {worst_dist:.4}");
+    assert!(faces >= 20);
+    assert!(worst_cos >= 0.99, "worst cosine {worst_cos}");
+}
+
+#[test]
+fn batched_forward_equals_single_forwards() {
+    let net = dlib_net();
+    let inputs: Vec<FloatImage> = (0..3)
+        .map(|k| {
+            let mut img = formula_image(FaceRecognitionNet::INPUT_SIZE);
+            img.data
+                .iter_mut()
+                .for_each(|v| *v = (*v + 40.0 * k as f32) % 256.0);
+            img
+        })
+        .collect();
+    let batched = forward(&net, &inputs);
+    for (i, input) in inputs.iter().enumerate() {
+        let single = forward(&net, std::slice::from_ref(input)).remove(0);
+        let diff = single
+            .iter()
+            .zip(&batched[i])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(diff < 1e-4, "item {i}: max abs diff {diff}");
     }
 }
