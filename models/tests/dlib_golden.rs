@@ -7,6 +7,7 @@ use candle_core::Device;
 use rollcall_models::align::{dlib_chip, CHIP_SIZE};
 use rollcall_models::dlib_weights::{load_dlib_resnet, DLIB_RESNET_FILE};
 use rollcall_models::image_io::decode_rgb;
+use rollcall_models::pipeline::{similarity, FacePipeline, PipelineConfig, RecognitionWeights};
 use rollcall_models::preprocess::{to_batch_tensor, FloatImage};
 use rollcall_models::recognition::FaceRecognitionNet;
 use rollcall_models::tfjs::WeightMap;
@@ -317,4 +318,29 @@ fn batched_forward_equals_single_forwards() {
             .fold(0.0, f32::max);
         assert!(diff < 1e-4, "item {i}: max abs diff {diff}");
     }
+}
+
+/// The pipeline finds dlib's weights beside the model dir and embeds like the face-api weights.
+#[test]
+fn pipeline_runs_with_either_recognition_weights() {
+    let bytes = std::fs::read(assets().join("face_recognition/test_images/obama.jpg")).unwrap();
+    let image = decode_rgb(&bytes, 100_000_000).unwrap();
+    let mut embeddings = Vec::new();
+    for weights in [RecognitionWeights::FaceApi, RecognitionWeights::Dlib] {
+        let config = PipelineConfig {
+            recognition_weights: weights,
+            ..PipelineConfig::default()
+        };
+        let pipeline = FacePipeline::load(&model_dir(), &Device::Cpu, config).unwrap();
+        let faces = pipeline
+            .process(std::slice::from_ref(&image))
+            .unwrap()
+            .faces
+            .remove(0);
+        assert_eq!(faces.len(), 1);
+        embeddings.push(faces[0].embedding.clone());
+    }
+    let sim = similarity(&embeddings[0], &embeddings[1]);
+    println!("obama.jpg, face-api uint8 vs dlib f32 weights: cosine {sim:.5}");
+    assert!(sim > 0.99, "cosine {sim}");
 }
