@@ -276,7 +276,7 @@ fn chips_and_descriptors_from_dlib_landmarks_match_dlib() {
                  {mean_diff:+.2?}, 8x8 grid mean |diff| {:.2} max {:.0}",
                 grid_diff.0, grid_diff.1
             );
-            assert!(grid_diff.0 < 4.0, "{stem}: chip differs from dlib's");
+            assert!(grid_diff.0 < 0.5 && grid_diff.1 <= 3.0, "{stem}: chip differs from dlib's");
             chips.push(chip);
             expected.push(floats(&face["descriptor"]));
         }
@@ -293,7 +293,7 @@ fn chips_and_descriptors_from_dlib_landmarks_match_dlib() {
     }
     println!("{faces} faces: worst cosine {worst_cos:.5}, worst distance {worst_dist:.4}");
     assert!(faces >= 20);
-    assert!(worst_cos >= 0.99, "worst cosine {worst_cos}");
+    assert!(worst_cos >= 0.9999, "worst cosine {worst_cos}");
 }
 
 #[test]
