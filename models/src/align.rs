@@ -280,7 +280,11 @@ pub fn dlib_chip(image: &FloatImage, landmarks: &[[f32; 2]]) -> FloatImage {
     let grow = (0..depth).fold(2.0, |g, _| g * 2.0 + 2.0);
     let extent = |k: usize, lim: usize| {
         let lo = corners.iter().map(|p| p[k]).fold(f64::INFINITY, f64::min) - grow;
-        let hi = corners.iter().map(|p| p[k]).fold(f64::NEG_INFINITY, f64::max) + grow;
+        let hi = corners
+            .iter()
+            .map(|p| p[k])
+            .fold(f64::NEG_INFINITY, f64::max)
+            + grow;
         let (lo, hi) = (lo.max(0.0).round(), hi.min(lim as f64 - 1.0).round());
         (lo as usize, (hi - lo + 1.0).max(0.0) as usize)
     };

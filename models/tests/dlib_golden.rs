@@ -276,7 +276,10 @@ fn chips_and_descriptors_from_dlib_landmarks_match_dlib() {
                  {mean_diff:+.2?}, 8x8 grid mean |diff| {:.2} max {:.0}",
                 grid_diff.0, grid_diff.1
             );
-            assert!(grid_diff.0 < 0.5 && grid_diff.1 <= 3.0, "{stem}: chip differs from dlib's");
+            assert!(
+                grid_diff.0 < 0.5 && grid_diff.1 <= 3.0,
+                "{stem}: chip differs from dlib's"
+            );
             chips.push(chip);
             expected.push(floats(&face["descriptor"]));
         }
