@@ -27,6 +27,12 @@ pub fn sniff_format(bytes: &[u8]) -> Option<ImageFormat> {
 /// Decodes `bytes` into an upright RGB image, refusing more than `max_pixels` pixels.
 pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<RgbImage> {
     let format = sniff_format(bytes).ok_or(ModelError::UnsupportedFormat)?;
+    if format == ImageFormat::Jpeg && !has_jpeg_end(bytes) {
+        // JPEG decoders pad a truncated scan with grey instead of failing; refuse it here.
+        return Err(ModelError::Decode(
+            "truncated JPEG: no end-of-image marker".into(),
+        ));
+    }
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut limits = Limits::default();
     // Four bytes per pixel of RGBA plus headroom for the decoder's own buffers.
@@ -53,6 +59,12 @@ pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<RgbImage> {
         img.apply_orientation(orientation);
     }
     Ok(img.into_rgb8())
+}
+
+/// Whether a JPEG ends with its end-of-image marker (`FF D9`), ignoring trailing zero padding.
+fn has_jpeg_end(bytes: &[u8]) -> bool {
+    let end = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    bytes[..end].ends_with(&[0xFF, 0xD9])
 }
 
 #[cfg(test)]

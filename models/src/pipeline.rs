@@ -22,6 +22,10 @@ use crate::tiny_face_detector::TinyFaceDetector;
 /// Version tag stored with every embedding, so a model change can be detected.
 pub const MODEL_VERSION: &str = "face-api-1.7.15/resnet128/dlib-chip";
 
+/// Default minimum cosine similarity of two embeddings to call them the same person
+/// (calibrated on the face_recognition and face-api test photos; see the README's Accuracy section).
+pub const DEFAULT_MATCH_THRESHOLD: f32 = 0.92;
+
 /// Which face detector runs first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -59,7 +63,11 @@ impl RecognitionWeights {
             }
             RecognitionWeights::Dlib => {
                 let beside = model_dir.join("dlib").join(DLIB_RESNET_FILE);
-                let path = if beside.exists() { beside } else { model_dir.join("../dlib").join(DLIB_RESNET_FILE) };
+                let path = if beside.exists() {
+                    beside
+                } else {
+                    model_dir.join("../dlib").join(DLIB_RESNET_FILE)
+                };
                 load_dlib_resnet(&path, device)?
             }
         };
@@ -148,16 +156,26 @@ impl FacePipeline {
     pub fn load(model_dir: &Path, device: &Device, config: PipelineConfig) -> Result<Self> {
         let dir = model_dir.join("model");
         let detector = match config.detector {
-            DetectorKind::Ssd => {
-                Detector::Ssd(SsdMobilenetV1::load(&WeightMap::load(&dir, SsdMobilenetV1::MODEL, device)?)?)
-            }
-            DetectorKind::Tiny => {
-                Detector::Tiny(TinyFaceDetector::load(&WeightMap::load(&dir, TinyFaceDetector::MODEL, device)?)?)
-            }
+            DetectorKind::Ssd => Detector::Ssd(SsdMobilenetV1::load(&WeightMap::load(
+                &dir,
+                SsdMobilenetV1::MODEL,
+                device,
+            )?)?),
+            DetectorKind::Tiny => Detector::Tiny(TinyFaceDetector::load(&WeightMap::load(
+                &dir,
+                TinyFaceDetector::MODEL,
+                device,
+            )?)?),
         };
-        let landmarks = FaceLandmark68Net::load(&WeightMap::load(&dir, FaceLandmark68Net::MODEL, device)?)?;
+        let landmarks =
+            FaceLandmark68Net::load(&WeightMap::load(&dir, FaceLandmark68Net::MODEL, device)?)?;
         let recognition = config.recognition_weights.load(model_dir, device)?;
-        Ok(Self { detector, landmarks, recognition, config })
+        Ok(Self {
+            detector,
+            landmarks,
+            recognition,
+            config,
+        })
     }
 
     /// The settings this pipeline runs with.
@@ -179,16 +197,24 @@ impl FacePipeline {
             .enumerate()
             .flat_map(|(i, dets)| dets.iter().map(move |d| (i, *d)))
             .collect();
-        let crops: Vec<(&FloatImage, _)> = owners.iter().map(|(i, d)| (&floats[*i], d.bbox)).collect();
+        let crops: Vec<(&FloatImage, _)> =
+            owners.iter().map(|(i, d)| (&floats[*i], d.bbox)).collect();
         let t = Instant::now();
         let landmarks = self.landmarks.detect(&crops)?;
         timings.landmarks = t.elapsed();
 
         let t = Instant::now();
-        let chips: Vec<FloatImage> =
-            owners.iter().zip(&landmarks).map(|((i, _), lm)| dlib_chip(&floats[*i], &lm.points)).collect();
-        let qualities: Vec<Quality> =
-            owners.iter().zip(&landmarks).zip(&chips).map(|(((i, _), lm), chip)| assess(&floats[*i], &lm.points, chip)).collect();
+        let chips: Vec<FloatImage> = owners
+            .iter()
+            .zip(&landmarks)
+            .map(|((i, _), lm)| dlib_chip(&floats[*i], &lm.points))
+            .collect();
+        let qualities: Vec<Quality> = owners
+            .iter()
+            .zip(&landmarks)
+            .zip(&chips)
+            .map(|(((i, _), lm), chip)| assess(&floats[*i], &lm.points, chip))
+            .collect();
         timings.align = t.elapsed();
 
         let t = Instant::now();
@@ -197,10 +223,18 @@ impl FacePipeline {
         timings.embed = t.elapsed();
 
         let mut faces: Vec<Vec<Face>> = vec![Vec::new(); images.len()];
-        for ((((i, detection), landmarks), quality), embedding) in
-            owners.into_iter().zip(landmarks).zip(qualities).zip(embeddings)
+        for ((((i, detection), landmarks), quality), embedding) in owners
+            .into_iter()
+            .zip(landmarks)
+            .zip(qualities)
+            .zip(embeddings)
         {
-            faces[i].push(Face { detection, landmarks, quality, embedding });
+            faces[i].push(Face {
+                detection,
+                landmarks,
+                quality,
+                embedding,
+            });
         }
         Ok(Processed { faces, timings })
     }

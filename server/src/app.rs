@@ -57,14 +57,24 @@ pub enum StartError {
 }
 
 /// Loads the pipeline of `common.model_dir` for `serve`.
-pub fn load_pipeline(common: &CommonSettings, config: PipelineConfig) -> Result<FacePipeline, StartError> {
-    FacePipeline::load(&common.model_dir, &Device::Cpu, config)
-        .map_err(|source| StartError::Models { dir: common.model_dir.display().to_string(), source })
+pub fn load_pipeline(
+    common: &CommonSettings,
+    config: PipelineConfig,
+) -> Result<FacePipeline, StartError> {
+    FacePipeline::load(&common.model_dir, &Device::Cpu, config).map_err(|source| {
+        StartError::Models {
+            dir: common.model_dir.display().to_string(),
+            source,
+        }
+    })
 }
 
 /// Connects and migrates the database, makes sure an admin key exists and returns the store.
 /// When a key had to be generated it is returned so the caller can show it once.
-pub async fn open_store(common: &CommonSettings, admin_key: Option<&str>) -> Result<(Store, Option<String>), StartError> {
+pub async fn open_store(
+    common: &CommonSettings,
+    admin_key: Option<&str>,
+) -> Result<(Store, Option<String>), StartError> {
     let store = Store::connect(&common.database_url).await?;
     store.migrate().await?;
     let generated = match admin_key {
@@ -72,16 +82,22 @@ pub async fn open_store(common: &CommonSettings, admin_key: Option<&str>) -> Res
             auth::ensure_key(&store, "admin (ROLLCALL_ADMIN_KEY)", key, &[Scope::Admin]).await?;
             None
         }
-        None if store.count_api_keys().await? == 0 => {
-            Some(auth::create_key(&store, "admin (first start)", &[Scope::Admin]).await?.1)
-        }
+        None if store.count_api_keys().await? == 0 => Some(
+            auth::create_key(&store, "admin (first start)", &[Scope::Admin])
+                .await?
+                .1,
+        ),
         None => None,
     };
     Ok((store, generated))
 }
 
 /// Builds the state: loads models, rebuilds the index from the database, starts the queue.
-pub async fn build_state(common: &CommonSettings, settings: ServeSettings, store: Store) -> Result<AppState, StartError> {
+pub async fn build_state(
+    common: &CommonSettings,
+    settings: ServeSettings,
+    store: Store,
+) -> Result<AppState, StartError> {
     let metrics = Arc::new(Metrics::new());
     let photos = PhotoStore::open(&settings.storage_url)?;
     let config = PipelineConfig {
@@ -97,13 +113,28 @@ pub async fn build_state(common: &CommonSettings, settings: ServeSettings, store
         index.upsert(e.face_id, e.user_id, &e.embedding);
     }
     metrics.index_size.set(index.len() as i64);
-    tracing::info!(faces = index.len(), elapsed_ms = started.elapsed().as_millis() as u64, "face index built from the database");
+    tracing::info!(
+        faces = index.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "face index built from the database"
+    );
     let queue = RecognitionQueue::start(
         pipeline,
-        QueueConfig { max_batch: settings.max_batch, max_wait: settings.max_wait(), capacity: settings.queue_capacity },
+        QueueConfig {
+            max_batch: settings.max_batch,
+            max_wait: settings.max_wait(),
+            capacity: settings.queue_capacity,
+        },
         metrics.clone(),
     );
-    Ok(AppState { store, photos, index, queue, metrics, settings })
+    Ok(AppState {
+        store,
+        photos,
+        index,
+        queue,
+        metrics,
+        settings,
+    })
 }
 
 /// Starts the HTTP server on `listener`.
@@ -112,10 +143,16 @@ pub fn serve(state: AppState, listener: TcpListener) -> Result<Server, StartErro
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
-            .app_data(web::JsonConfig::default().limit(64 * 1024).error_handler(error::json_error))
+            .app_data(
+                web::JsonConfig::default()
+                    .limit(64 * 1024)
+                    .error_handler(error::json_error),
+            )
             .app_data(web::QueryConfig::default().error_handler(error::query_error))
             .app_data(web::PathConfig::default().error_handler(error::path_error))
-            .wrap(actix_web::middleware::from_fn(routes::system::track_metrics))
+            .wrap(actix_web::middleware::from_fn(
+                routes::system::track_metrics,
+            ))
             .configure(routes::configure)
     })
     .listen(listener)?

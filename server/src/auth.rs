@@ -56,13 +56,18 @@ impl FromStr for Scope {
         Scope::ALL
             .into_iter()
             .find(|sc| sc.as_str() == s.trim())
-            .ok_or_else(|| format!("unknown scope `{s}` (expected admin, enroll, recognize or read)"))
+            .ok_or_else(|| {
+                format!("unknown scope `{s}` (expected admin, enroll, recognize or read)")
+            })
     }
 }
 
 /// Parses a comma-separated scope list.
 pub fn parse_scopes(list: &str) -> Result<Vec<Scope>, String> {
-    list.split(',').filter(|s| !s.trim().is_empty()).map(Scope::from_str).collect()
+    list.split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(Scope::from_str)
+        .collect()
 }
 
 /// SHA-256 of a key, hex-encoded: what the database stores.
@@ -72,31 +77,55 @@ pub fn hash_key(key: &str) -> String {
 
 /// A new random key: `rc_` and 40 alphanumerics (~238 bits).
 pub fn generate_key() -> String {
-    let body: String = rand::thread_rng().sample_iter(&Alphanumeric).take(40).map(char::from).collect();
+    let body: String = rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(40)
+        .map(char::from)
+        .collect();
     format!("rc_{body}")
 }
 
 /// Creates a key with `scopes`, returning the stored record and the secret (shown once).
-pub async fn create_key(store: &Store, name: &str, scopes: &[Scope]) -> StoreResult<(ApiKey, String)> {
+pub async fn create_key(
+    store: &Store,
+    name: &str,
+    scopes: &[Scope],
+) -> StoreResult<(ApiKey, String)> {
     let secret = generate_key();
-    let record = store.create_api_key(name, &secret[..8], &hash_key(&secret), scopes).await?;
+    let record = store
+        .create_api_key(name, &secret[..8], &hash_key(&secret), scopes)
+        .await?;
     Ok((record, secret))
 }
 
 /// Stores an operator-chosen key (e.g. from `ROLLCALL_ADMIN_KEY`) unless it already exists.
-pub async fn ensure_key(store: &Store, name: &str, secret: &str, scopes: &[Scope]) -> StoreResult<()> {
+pub async fn ensure_key(
+    store: &Store,
+    name: &str,
+    secret: &str,
+    scopes: &[Scope],
+) -> StoreResult<()> {
     if store.authenticate(&hash_key(secret)).await?.is_none() {
         let prefix: String = secret.chars().take(8).collect();
-        store.create_api_key(name, &prefix, &hash_key(secret), scopes).await?;
+        store
+            .create_api_key(name, &prefix, &hash_key(secret), scopes)
+            .await?;
     }
     Ok(())
 }
 
 fn presented_key(req: &HttpRequest) -> Option<&str> {
-    if let Some(v) = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+    if let Some(v) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
         return v.strip_prefix("Bearer ").map(str::trim);
     }
-    req.headers().get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim)
+    req.headers()
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
 }
 
 /// Authenticates the request's key (`Authorization: Bearer` or `X-API-Key`) and checks `scope`:
@@ -104,7 +133,11 @@ fn presented_key(req: &HttpRequest) -> Option<&str> {
 pub async fn authorize(req: &HttpRequest, store: &Store, scope: Scope) -> Result<ApiKey, ApiError> {
     let key = presented_key(req)
         .filter(|k| !k.is_empty())
-        .ok_or_else(|| ApiError::Unauthorized("an API key is required (Authorization: Bearer KEY or X-API-Key)".into()))?;
+        .ok_or_else(|| {
+            ApiError::Unauthorized(
+                "an API key is required (Authorization: Bearer KEY or X-API-Key)".into(),
+            )
+        })?;
     let record = store
         .authenticate(&hash_key(key))
         .await?
@@ -122,7 +155,10 @@ mod tests {
 
     #[test]
     fn scopes_parse_and_reject_unknown() {
-        assert_eq!(parse_scopes("admin, read").unwrap(), vec![Scope::Admin, Scope::Read]);
+        assert_eq!(
+            parse_scopes("admin, read").unwrap(),
+            vec![Scope::Admin, Scope::Read]
+        );
         assert!(parse_scopes("admin,root").unwrap_err().contains("root"));
     }
 

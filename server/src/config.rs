@@ -29,7 +29,11 @@ impl From<DetectorArg> for DetectorKind {
 #[derive(Debug, Clone, Args)]
 pub struct CommonSettings {
     /// Database URL: `sqlite://PATH` or `postgres://USER@HOST/DB`.
-    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://data/rollcall.db")]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://data/rollcall.db"
+    )]
     pub database_url: String,
 
     /// Folder holding the face-api `model/` folder (filled by scripts/fetch-assets.sh).

@@ -115,30 +115,44 @@ impl From<rollcall_models::ModelError> for ApiError {
         use rollcall_models::ModelError;
         match err {
             ModelError::UnsupportedFormat => Self::UnsupportedMediaType,
-            ModelError::TooManyPixels { .. } => Self::Unprocessable { code: "image_too_large", message: err.to_string() },
-            ModelError::Decode(_) => Self::Unprocessable { code: "corrupt_image", message: err.to_string() },
+            ModelError::TooManyPixels { .. } => Self::Unprocessable {
+                code: "image_too_large",
+                message: err.to_string(),
+            },
+            ModelError::Decode(_) => Self::Unprocessable {
+                code: "corrupt_image",
+                message: err.to_string(),
+            },
             other => Self::internal(other),
         }
     }
 }
 
 /// JSON extractor errors (malformed JSON, unknown fields, wrong types) as 400s.
-pub fn json_error(err: actix_web::error::JsonPayloadError, _req: &actix_web::HttpRequest) -> actix_web::Error {
+pub fn json_error(
+    err: actix_web::error::JsonPayloadError,
+    _req: &actix_web::HttpRequest,
+) -> actix_web::Error {
     use actix_web::error::JsonPayloadError;
     match err {
-        JsonPayloadError::OverflowKnownLength { limit, .. } | JsonPayloadError::Overflow { limit } => {
-            ApiError::PayloadTooLarge(limit).into()
-        }
+        JsonPayloadError::OverflowKnownLength { limit, .. }
+        | JsonPayloadError::Overflow { limit } => ApiError::PayloadTooLarge(limit).into(),
         other => ApiError::BadRequest(format!("invalid JSON body: {other}")).into(),
     }
 }
 
 /// Query-string extractor errors as 400s.
-pub fn query_error(err: actix_web::error::QueryPayloadError, _req: &actix_web::HttpRequest) -> actix_web::Error {
+pub fn query_error(
+    err: actix_web::error::QueryPayloadError,
+    _req: &actix_web::HttpRequest,
+) -> actix_web::Error {
     ApiError::BadRequest(format!("invalid query parameters: {err}")).into()
 }
 
 /// Path extractor errors (e.g. a non-numeric id) as 404s.
-pub fn path_error(err: actix_web::error::PathError, _req: &actix_web::HttpRequest) -> actix_web::Error {
+pub fn path_error(
+    err: actix_web::error::PathError,
+    _req: &actix_web::HttpRequest,
+) -> actix_web::Error {
     ApiError::NotFound(format!("no such resource: {err}")).into()
 }

@@ -71,9 +71,12 @@ fn images_in(dir: &Path) -> Result<Vec<PathBuf>, EvalError> {
         .map_err(|e| EvalError::Io(dir.to_owned(), e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
-            p.extension()
-                .and_then(|e| e.to_str())
-                .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png" | "webp"))
+            p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+                matches!(
+                    e.to_ascii_lowercase().as_str(),
+                    "jpg" | "jpeg" | "png" | "webp"
+                )
+            })
         })
         .collect();
     out.sort();
@@ -81,11 +84,17 @@ fn images_in(dir: &Path) -> Result<Vec<PathBuf>, EvalError> {
 }
 
 fn largest(faces: &[Face]) -> Option<&Face> {
-    faces.iter().max_by(|a, b| a.detection.bbox.area().total_cmp(&b.detection.bbox.area()))
+    faces
+        .iter()
+        .max_by(|a, b| a.detection.bbox.area().total_cmp(&b.detection.bbox.area()))
 }
 
 /// Runs the evaluation at `threshold`.
-pub fn evaluate(pipeline: &FacePipeline, dir: &Path, threshold: f32) -> Result<EvalReport, EvalError> {
+pub fn evaluate(
+    pipeline: &FacePipeline,
+    dir: &Path,
+    threshold: f32,
+) -> Result<EvalReport, EvalError> {
     let mut people: Vec<(String, Vec<PathBuf>)> = Vec::new();
     let mut strangers: Vec<PathBuf> = Vec::new();
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -95,7 +104,10 @@ pub fn evaluate(pipeline: &FacePipeline, dir: &Path, threshold: f32) -> Result<E
         .collect();
     entries.sort();
     for folder in entries {
-        let name = folder.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = folder
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let images = images_in(&folder)?;
         if name == UNKNOWN_DIR {
             strangers = images;
@@ -107,16 +119,28 @@ pub fn evaluate(pipeline: &FacePipeline, dir: &Path, threshold: f32) -> Result<E
         return Err(EvalError::Empty(dir.to_owned()));
     }
 
-    let all: Vec<&PathBuf> = people.iter().flat_map(|(_, imgs)| imgs.iter()).chain(strangers.iter()).collect();
+    let all: Vec<&PathBuf> = people
+        .iter()
+        .flat_map(|(_, imgs)| imgs.iter())
+        .chain(strangers.iter())
+        .collect();
     let started = Instant::now();
     let mut faces: Vec<Vec<Face>> = Vec::with_capacity(all.len());
     for chunk in all.chunks(BATCH) {
         let mut images = Vec::with_capacity(chunk.len());
         for path in chunk {
             let bytes = std::fs::read(path).map_err(|e| EvalError::Io((*path).clone(), e))?;
-            images.push(decode_rgb(&bytes, DEFAULT_MAX_PIXELS).map_err(|e| EvalError::Model((*path).clone(), e))?);
+            images.push(
+                decode_rgb(&bytes, DEFAULT_MAX_PIXELS)
+                    .map_err(|e| EvalError::Model((*path).clone(), e))?,
+            );
         }
-        faces.extend(pipeline.process(&images).map_err(|e| EvalError::Model(dir.to_owned(), e))?.faces);
+        faces.extend(
+            pipeline
+                .process(&images)
+                .map_err(|e| EvalError::Model(dir.to_owned(), e))?
+                .faces,
+        );
     }
     let images_per_s = all.len() as f64 / started.elapsed().as_secs_f64();
 
@@ -133,7 +157,11 @@ pub fn evaluate(pipeline: &FacePipeline, dir: &Path, threshold: f32) -> Result<E
                 (0, Some(f)) => gallery.push((person.clone(), f.embedding.clone())),
                 (0, None) => not_enrolled.push(person.clone()),
                 (_, Some(f)) => probes.push((rel(path), Some(person.clone()), f.embedding.clone())),
-                (_, None) => faceless.push(Probe { image: rel(path), expected: Some(person.clone()), best: None }),
+                (_, None) => faceless.push(Probe {
+                    image: rel(path),
+                    expected: Some(person.clone()),
+                    best: None,
+                }),
             }
         }
     }
@@ -150,7 +178,11 @@ pub fn evaluate(pipeline: &FacePipeline, dir: &Path, threshold: f32) -> Result<E
                 .iter()
                 .map(|(name, g)| (name.clone(), similarity(&emb, g)))
                 .max_by(|a, b| a.1.total_cmp(&b.1));
-            Probe { image, expected, best }
+            Probe {
+                image,
+                expected,
+                best,
+            }
         })
         .collect();
     details.extend(faceless);
@@ -176,7 +208,11 @@ pub fn evaluate(pipeline: &FacePipeline, dir: &Path, threshold: f32) -> Result<E
 fn score(probes: &[Probe], threshold: f32) -> (f64, usize, usize) {
     let (mut correct, mut fa, mut fr) = (0, 0, 0);
     for p in probes {
-        let matched = p.best.as_ref().filter(|(_, s)| *s >= threshold).map(|(n, _)| n);
+        let matched = p
+            .best
+            .as_ref()
+            .filter(|(_, s)| *s >= threshold)
+            .map(|(n, _)| n);
         match (&p.expected, matched) {
             (Some(e), Some(m)) if e == m => correct += 1,
             (None, None) => correct += 1,
@@ -184,30 +220,52 @@ fn score(probes: &[Probe], threshold: f32) -> (f64, usize, usize) {
             (Some(_), None) => fr += 1,
         }
     }
-    let accuracy = if probes.is_empty() { 1.0 } else { correct as f64 / probes.len() as f64 };
+    let accuracy = if probes.is_empty() {
+        1.0
+    } else {
+        correct as f64 / probes.len() as f64
+    };
     (accuracy, fa, fr)
 }
 
 /// The middle of the widest best-accuracy range of thresholds in `0.000..=1.000`.
 fn sweep(probes: &[Probe]) -> (f32, f64) {
-    let results: Vec<(f32, f64)> = (0..=1000).map(|i| i as f32 / 1000.0).map(|t| (t, score(probes, t).0)).collect();
+    let results: Vec<(f32, f64)> = (0..=1000)
+        .map(|i| i as f32 / 1000.0)
+        .map(|t| (t, score(probes, t).0))
+        .collect();
     let best = results.iter().map(|r| r.1).fold(0.0, f64::max);
-    let hits: Vec<f32> = results.iter().filter(|r| r.1 == best).map(|r| r.0).collect();
+    let hits: Vec<f32> = results
+        .iter()
+        .filter(|r| r.1 == best)
+        .map(|r| r.0)
+        .collect();
     (hits[hits.len() / 2], best)
 }
 
 impl EvalReport {
     /// A readable table of the probes and the summary.
     pub fn table(&self) -> String {
-        let mut out = format!("{:<48} {:<16} {:<16} {:>10}  result\n", "image", "expected", "best match", "similarity");
+        let mut out = format!(
+            "{:<48} {:<16} {:<16} {:>10}  result\n",
+            "image", "expected", "best match", "similarity"
+        );
         for p in &self.details {
-            let matched = p.best.as_ref().filter(|(_, s)| *s >= self.threshold).map(|(n, _)| n.as_str());
+            let matched = p
+                .best
+                .as_ref()
+                .filter(|(_, s)| *s >= self.threshold)
+                .map(|(n, _)| n.as_str());
             let ok = match (&p.expected, matched) {
                 (Some(e), Some(m)) => e == m,
                 (None, None) => true,
                 _ => false,
             };
-            let (name, sim) = p.best.clone().map(|(n, s)| (n, format!("{s:.3}"))).unwrap_or(("(no face)".into(), "-".into()));
+            let (name, sim) = p
+                .best
+                .clone()
+                .map(|(n, s)| (n, format!("{s:.3}")))
+                .unwrap_or(("(no face)".into(), "-".into()));
             out += &format!(
                 "{:<48} {:<16} {:<16} {:>10}  {}\n",
                 p.image,
@@ -224,7 +282,10 @@ impl EvalReport {
             self.best_threshold, self.best_accuracy, self.images_per_s
         );
         if !self.not_enrolled.is_empty() {
-            out += &format!("no face in the enrolment image of: {}\n", self.not_enrolled.join(", "));
+            out += &format!(
+                "no face in the enrolment image of: {}\n",
+                self.not_enrolled.join(", ")
+            );
         }
         out
     }
@@ -235,7 +296,11 @@ mod tests {
     use super::*;
 
     fn probe(expected: Option<&str>, best: Option<(&str, f32)>) -> Probe {
-        Probe { image: "x".into(), expected: expected.map(Into::into), best: best.map(|(n, s)| (n.into(), s)) }
+        Probe {
+            image: "x".into(),
+            expected: expected.map(Into::into),
+            best: best.map(|(n, s)| (n.into(), s)),
+        }
     }
 
     #[test]

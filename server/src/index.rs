@@ -57,11 +57,18 @@ impl FaceIndex for ExactIndex {
     fn upsert(&self, face_id: i64, user_id: i64, embedding: &[f32]) {
         let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
         entries.retain(|e| e.face_id != face_id);
-        entries.push(Entry { face_id, user_id, embedding: embedding.to_vec() });
+        entries.push(Entry {
+            face_id,
+            user_id,
+            embedding: embedding.to_vec(),
+        });
     }
 
     fn remove_user(&self, user_id: i64) {
-        self.entries.write().unwrap_or_else(|e| e.into_inner()).retain(|e| e.user_id != user_id);
+        self.entries
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|e| e.user_id != user_id);
     }
 
     fn search(&self, query: &[f32], k: usize) -> Vec<Hit> {
@@ -70,9 +77,19 @@ impl FaceIndex for ExactIndex {
         for e in entries.iter() {
             let similarity = dot(query, &e.embedding);
             match best.iter_mut().find(|h| h.user_id == e.user_id) {
-                Some(h) if h.similarity < similarity => *h = Hit { face_id: e.face_id, user_id: e.user_id, similarity },
+                Some(h) if h.similarity < similarity => {
+                    *h = Hit {
+                        face_id: e.face_id,
+                        user_id: e.user_id,
+                        similarity,
+                    }
+                }
                 Some(_) => {}
-                None => best.push(Hit { face_id: e.face_id, user_id: e.user_id, similarity }),
+                None => best.push(Hit {
+                    face_id: e.face_id,
+                    user_id: e.user_id,
+                    similarity,
+                }),
             }
         }
         best.sort_by(|a, b| b.similarity.total_cmp(&a.similarity));
@@ -101,7 +118,12 @@ mod tests {
         idx.upsert(2, 10, &unit(&[0.6, 0.8]));
         idx.upsert(3, 20, &unit(&[0.0, 1.0]));
         let hits = idx.search(&unit(&[0.5, 1.0]), 5);
-        assert_eq!(hits.iter().map(|h| (h.user_id, h.face_id)).collect::<Vec<_>>(), vec![(10, 2), (20, 3)]);
+        assert_eq!(
+            hits.iter()
+                .map(|h| (h.user_id, h.face_id))
+                .collect::<Vec<_>>(),
+            vec![(10, 2), (20, 3)]
+        );
         idx.remove_user(10);
         assert_eq!(idx.len(), 1);
         assert_eq!(idx.search(&unit(&[1.0, 0.0]), 1)[0].user_id, 20);

@@ -14,5 +14,5 @@ pub mod routes;
 pub mod store;
 pub mod upload;
 
-/// Default minimum cosine similarity between a face and an enrolled face to call it a match.
-pub const DEFAULT_MATCH_THRESHOLD: f32 = 0.92;
+/// Default match threshold (cosine similarity), from the models crate.
+pub use rollcall_models::pipeline::DEFAULT_MATCH_THRESHOLD;

@@ -71,7 +71,8 @@ enum KeyCommand {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,sqlx=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn".into()),
         )
         .init();
     let cli = Cli::parse();
@@ -84,8 +85,16 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::ApiKey(cmd) => api_key(&cli.common, cmd).await,
-        Command::Eval { dir, json, threshold, detector } => {
-            let config = PipelineConfig { detector: detector.into(), ..PipelineConfig::default() };
+        Command::Eval {
+            dir,
+            json,
+            threshold,
+            detector,
+        } => {
+            let config = PipelineConfig {
+                detector: detector.into(),
+                ..PipelineConfig::default()
+            };
             let pipeline = app::load_pipeline(&cli.common, config)?;
             let report = eval::evaluate(&pipeline, &dir, threshold)?;
             if json {
@@ -101,9 +110,12 @@ async fn main() -> anyhow::Result<()> {
 async fn serve(common: &CommonSettings, settings: ServeSettings) -> anyhow::Result<()> {
     let (store, generated) = app::open_store(common, settings.admin_key.as_deref()).await?;
     if let Some(key) = generated {
-        println!("\nFirst start: created an admin API key. It is shown only this once:\n\n    {key}\n");
+        println!(
+            "\nFirst start: created an admin API key. It is shown only this once:\n\n    {key}\n"
+        );
     }
-    let listener = TcpListener::bind(settings.bind).with_context(|| format!("binding {}", settings.bind))?;
+    let listener =
+        TcpListener::bind(settings.bind).with_context(|| format!("binding {}", settings.bind))?;
     let state = app::build_state(common, settings, store).await?;
     tracing::info!(address = %listener.local_addr()?, "rollcall is listening");
     app::serve(state, listener)?.await?;
@@ -116,14 +128,36 @@ async fn api_key(common: &CommonSettings, cmd: KeyCommand) -> anyhow::Result<()>
     match cmd {
         KeyCommand::Create { name, scopes } => {
             let (record, secret) = create_key(&store, &name, &scopes).await?;
-            println!("created key {} ({}) with scopes {:?}; it is shown only this once:\n{secret}", record.id, record.name, scopes);
+            println!(
+                "created key {} ({}) with scopes {:?}; it is shown only this once:\n{secret}",
+                record.id, record.name, scopes
+            );
         }
         KeyCommand::List => {
-            println!("{:>4}  {:<24} {:<10} {:<28} {:<20} status", "id", "name", "prefix", "scopes", "created");
+            println!(
+                "{:>4}  {:<24} {:<10} {:<28} {:<20} status",
+                "id", "name", "prefix", "scopes", "created"
+            );
             for k in store.list_api_keys().await? {
-                let scopes = k.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",");
-                let status = if k.revoked_at.is_some() { "revoked" } else { "active" };
-                println!("{:>4}  {:<24} {:<10} {:<28} {:<20} {status}", k.id, k.name, k.prefix, scopes, k.created_at.format("%Y-%m-%d %H:%M"));
+                let scopes = k
+                    .scopes
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let status = if k.revoked_at.is_some() {
+                    "revoked"
+                } else {
+                    "active"
+                };
+                println!(
+                    "{:>4}  {:<24} {:<10} {:<28} {:<20} {status}",
+                    k.id,
+                    k.name,
+                    k.prefix,
+                    scopes,
+                    k.created_at.format("%Y-%m-%d %H:%M")
+                );
             }
         }
         KeyCommand::Revoke { id } => {

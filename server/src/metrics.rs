@@ -1,7 +1,8 @@
 //! Prometheus metrics: HTTP requests, inference stages, batching, queue depth, index size.
 
 use prometheus::{
-    exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 
 /// Every metric the server exports at `/metrics`.
@@ -28,19 +29,28 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let http_requests = IntCounterVec::new(
-            Opts::new("rollcall_http_requests_total", "HTTP requests by route, method and status"),
+            Opts::new(
+                "rollcall_http_requests_total",
+                "HTTP requests by route, method and status",
+            ),
             &["route", "method", "status"],
         )
         .expect("valid metric");
         let http_latency = HistogramVec::new(
-            HistogramOpts::new("rollcall_http_request_duration_seconds", "HTTP request latency by route")
-                .buckets(exponential_buckets(0.001, 2.0, 16).expect("valid buckets")),
+            HistogramOpts::new(
+                "rollcall_http_request_duration_seconds",
+                "HTTP request latency by route",
+            )
+            .buckets(exponential_buckets(0.001, 2.0, 16).expect("valid buckets")),
             &["route"],
         )
         .expect("valid metric");
         let stage_seconds = HistogramVec::new(
-            HistogramOpts::new("rollcall_stage_duration_seconds", "Time per recognition stage")
-                .buckets(exponential_buckets(0.0005, 2.0, 16).expect("valid buckets")),
+            HistogramOpts::new(
+                "rollcall_stage_duration_seconds",
+                "Time per recognition stage",
+            )
+            .buckets(exponential_buckets(0.0005, 2.0, 16).expect("valid buckets")),
             &["stage"],
         )
         .expect("valid metric");
@@ -50,10 +60,15 @@ impl Metrics {
             &[],
         )
         .expect("valid metric");
-        let queue_depth = IntGauge::new("rollcall_queue_depth", "Requests waiting for inference").expect("valid metric");
-        let index_size = IntGauge::new("rollcall_index_faces", "Faces in the recognition index").expect("valid metric");
-        let faces = IntCounterVec::new(Opts::new("rollcall_faces_total", "Faces seen by outcome"), &["outcome"])
+        let queue_depth = IntGauge::new("rollcall_queue_depth", "Requests waiting for inference")
             .expect("valid metric");
+        let index_size = IntGauge::new("rollcall_index_faces", "Faces in the recognition index")
+            .expect("valid metric");
+        let faces = IntCounterVec::new(
+            Opts::new("rollcall_faces_total", "Faces seen by outcome"),
+            &["outcome"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_latency.clone()),
@@ -65,18 +80,31 @@ impl Metrics {
         ] {
             registry.register(c).expect("metric registered once");
         }
-        Self { registry, http_requests, http_latency, stage_seconds, batch_size, queue_depth, index_size, faces }
+        Self {
+            registry,
+            http_requests,
+            http_latency,
+            stage_seconds,
+            batch_size,
+            queue_depth,
+            index_size,
+            faces,
+        }
     }
 
     /// Records one stage duration.
     pub fn stage(&self, stage: &str, seconds: f64) {
-        self.stage_seconds.with_label_values(&[stage]).observe(seconds);
+        self.stage_seconds
+            .with_label_values(&[stage])
+            .observe(seconds);
     }
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding cannot fail");
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding cannot fail");
         String::from_utf8(buf).expect("prometheus text is UTF-8")
     }
 }

@@ -93,12 +93,21 @@ fn worker(rx: Receiver<Job>, pipeline: &FacePipeline, config: QueueConfig, metri
         if batch.is_empty() {
             continue;
         }
-        metrics.batch_size.with_label_values(&[]).observe(batch.len() as f64);
-        let (images, replies): (Vec<RgbImage>, Vec<_>) = batch.into_iter().map(|j| (j.image, j.reply)).unzip();
+        metrics
+            .batch_size
+            .with_label_values(&[])
+            .observe(batch.len() as f64);
+        let (images, replies): (Vec<RgbImage>, Vec<_>) =
+            batch.into_iter().map(|j| (j.image, j.reply)).unzip();
         match pipeline.process(&images) {
             Ok(out) => {
                 let t = out.timings;
-                for (stage, d) in [("detect", t.detect), ("landmarks", t.landmarks), ("align", t.align), ("embed", t.embed)] {
+                for (stage, d) in [
+                    ("detect", t.detect),
+                    ("landmarks", t.landmarks),
+                    ("align", t.align),
+                    ("embed", t.embed),
+                ] {
                     metrics.stage(stage, d.as_secs_f64());
                 }
                 for (reply, faces) in replies.into_iter().zip(out.faces) {

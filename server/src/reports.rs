@@ -19,8 +19,18 @@ pub enum ReportError {
 }
 
 const CSV_HEADER: [&str; 12] = [
-    "id", "user_id", "external_id", "name", "department", "seen_at", "last_seen_at", "sightings", "camera_id",
-    "similarity", "source", "box",
+    "id",
+    "user_id",
+    "external_id",
+    "name",
+    "department",
+    "seen_at",
+    "last_seen_at",
+    "sightings",
+    "camera_id",
+    "similarity",
+    "source",
+    "box",
 ];
 
 /// One CSV row per attendance mark, with a header row; times in RFC 3339 UTC.
@@ -94,32 +104,64 @@ pub fn summarise(rows: &[AttendanceRecord]) -> Vec<PersonSummary> {
 const PAGE_W: f32 = 210.0;
 const PAGE_H: f32 = 297.0;
 const ROWS_PER_PAGE: usize = 38;
-const COLUMNS: [(&str, f32); 5] =
-    [("Person", 15.0), ("Department", 70.0), ("First seen (UTC)", 110.0), ("Last seen (UTC)", 147.0), ("Marks", 184.0)];
+const COLUMNS: [(&str, f32); 5] = [
+    ("Person", 15.0),
+    ("Department", 70.0),
+    ("First seen (UTC)", 110.0),
+    ("Last seen (UTC)", 147.0),
+    ("Marks", 184.0),
+];
 
 /// A PDF report: title, period, a table of person, department, first seen, last seen and
 /// mark count, and page numbers.
-pub fn to_pdf(rows: &[AttendanceRecord], filter: &AttendanceFilter) -> Result<Vec<u8>, ReportError> {
+pub fn to_pdf(
+    rows: &[AttendanceRecord],
+    filter: &AttendanceFilter,
+) -> Result<Vec<u8>, ReportError> {
     let summary = summarise(rows);
     let pages = summary.len().div_ceil(ROWS_PER_PAGE).max(1);
-    let (doc, page1, layer1) = PdfDocument::new("Rollcall attendance report", Mm(PAGE_W), Mm(PAGE_H), "page");
+    let (doc, page1, layer1) =
+        PdfDocument::new("Rollcall attendance report", Mm(PAGE_W), Mm(PAGE_H), "page");
     let pdf_err = |e: printpdf::Error| ReportError::Pdf(e.to_string());
-    let font = doc.add_builtin_font(BuiltinFont::Helvetica).map_err(pdf_err)?;
-    let bold = doc.add_builtin_font(BuiltinFont::HelveticaBold).map_err(pdf_err)?;
+    let font = doc
+        .add_builtin_font(BuiltinFont::Helvetica)
+        .map_err(pdf_err)?;
+    let bold = doc
+        .add_builtin_font(BuiltinFont::HelveticaBold)
+        .map_err(pdf_err)?;
     let period = period_text(rows, filter);
-    for (n, chunk) in summary.chunks(ROWS_PER_PAGE).chain(summary.is_empty().then_some(&[][..])).enumerate() {
+    for (n, chunk) in summary
+        .chunks(ROWS_PER_PAGE)
+        .chain(summary.is_empty().then_some(&[][..]))
+        .enumerate()
+    {
         let layer = if n == 0 {
             doc.get_page(page1).get_layer(layer1)
         } else {
             let (p, l) = doc.add_page(Mm(PAGE_W), Mm(PAGE_H), "page");
             doc.get_page(p).get_layer(l)
         };
-        let text = |layer: &PdfLayerReference, s: &str, size: f32, x: f32, y: f32, f: &IndirectFontRef| {
-            layer.use_text(latin1(s), size, Mm(x), Mm(y), f)
-        };
-        text(&layer, "Rollcall attendance report", 18.0, 15.0, 280.0, &bold);
+        let text =
+            |layer: &PdfLayerReference, s: &str, size: f32, x: f32, y: f32, f: &IndirectFontRef| {
+                layer.use_text(latin1(s), size, Mm(x), Mm(y), f)
+            };
+        text(
+            &layer,
+            "Rollcall attendance report",
+            18.0,
+            15.0,
+            280.0,
+            &bold,
+        );
         text(&layer, &period, 10.0, 15.0, 272.0, &font);
-        text(&layer, &format!("{} people, {} marks", summary.len(), rows.len()), 10.0, 15.0, 266.0, &font);
+        text(
+            &layer,
+            &format!("{} people, {} marks", summary.len(), rows.len()),
+            10.0,
+            15.0,
+            266.0,
+            &font,
+        );
         for (title, x) in COLUMNS {
             text(&layer, title, 10.0, x, 255.0, &bold);
         }
@@ -137,17 +179,36 @@ pub fn to_pdf(rows: &[AttendanceRecord], filter: &AttendanceFilter) -> Result<Ve
             }
         }
         if summary.is_empty() {
-            text(&layer, "No attendance in this period.", 10.0, 15.0, 248.0, &font);
+            text(
+                &layer,
+                "No attendance in this period.",
+                10.0,
+                15.0,
+                248.0,
+                &font,
+            );
         }
-        text(&layer, &format!("Page {} of {}", n + 1, pages), 9.0, 175.0, 10.0, &font);
+        text(
+            &layer,
+            &format!("Page {} of {}", n + 1, pages),
+            9.0,
+            175.0,
+            10.0,
+            &font,
+        );
     }
     doc.save_to_bytes().map_err(pdf_err)
 }
 
 fn period_text(rows: &[AttendanceRecord], filter: &AttendanceFilter) -> String {
     let from = filter.from.or_else(|| rows.iter().map(|r| r.seen_at).min());
-    let to = filter.to.or_else(|| rows.iter().map(|r| r.last_seen_at).max());
-    let fmt = |t: Option<DateTime<Utc>>| t.map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string()).unwrap_or("-".into());
+    let to = filter
+        .to
+        .or_else(|| rows.iter().map(|r| r.last_seen_at).max());
+    let fmt = |t: Option<DateTime<Utc>>| {
+        t.map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+            .unwrap_or("-".into())
+    };
     format!("Period: {} to {}", fmt(from), fmt(to))
 }
 
@@ -161,5 +222,13 @@ fn truncate(s: &str, max: usize) -> String {
 
 /// The built-in PDF fonts cover Latin-1 only; other characters become `?`.
 fn latin1(s: &str) -> String {
-    s.chars().map(|c| if (c as u32) < 256 && !c.is_control() { c } else { '?' }).collect()
+    s.chars()
+        .map(|c| {
+            if (c as u32) < 256 && !c.is_control() {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
 }

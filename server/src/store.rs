@@ -294,14 +294,17 @@ pub fn embedding_to_bytes(v: &[f32]) -> Vec<u8> {
 
 /// Decodes little-endian `f32` bytes.
 pub fn embedding_from_bytes(b: &[u8]) -> Vec<f32> {
-    b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }
 
 fn is_unique_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
-const USER_COLS: &str = "id, external_id, name, email, department, deactivated_at, created_at, updated_at";
+const USER_COLS: &str =
+    "id, external_id, name, email, department, deactivated_at, created_at, updated_at";
 const FACE_COLS: &str = "id, user_id, model_version, photo_key, quality, box_x, box_y, box_width, box_height, created_at";
 const KEY_COLS: &str = "id, name, prefix, scopes, created_at, last_used_at, revoked_at";
 
@@ -345,7 +348,10 @@ fn key_row(r: &AnyRow) -> Result<ApiKey, sqlx::Error> {
         id: r.try_get("id")?,
         name: r.try_get("name")?,
         prefix: r.try_get("prefix")?,
-        scopes: scopes.split(',').filter_map(|s| Scope::from_str(s).ok()).collect(),
+        scopes: scopes
+            .split(',')
+            .filter_map(|s| Scope::from_str(s).ok())
+            .collect(),
         created_at: time(r.try_get("created_at")?),
         last_used_at: opt_time(r.try_get("last_used_at")?),
         revoked_at: opt_time(r.try_get("revoked_at")?),
@@ -399,7 +405,11 @@ fn attendance_where(filter: &AttendanceFilter) -> (String, Vec<Bind>) {
     if let Some(c) = &filter.camera_id {
         push("a.camera_id =", Bind::Text(c.clone()));
     }
-    let sql = if clauses.is_empty() { String::new() } else { format!("WHERE {}", clauses.join(" AND ")) };
+    let sql = if clauses.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", clauses.join(" AND "))
+    };
     (sql, binds)
 }
 
@@ -423,7 +433,10 @@ impl Store {
         sqlx::any::install_default_drivers();
         let (dialect, url) = if let Some(path) = url.strip_prefix("sqlite://") {
             let file = path.split('?').next().unwrap_or(path);
-            if let Some(dir) = Path::new(file).parent().filter(|d| !d.as_os_str().is_empty()) {
+            if let Some(dir) = Path::new(file)
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+            {
                 std::fs::create_dir_all(dir).map_err(|e| StoreError::Sqlx(sqlx::Error::Io(e)))?;
             }
             let sep = if url.contains('?') { '&' } else { '?' };
@@ -434,10 +447,17 @@ impl Store {
             return Err(StoreError::UnsupportedUrl(url.to_owned()));
         };
         let max = if dialect == Dialect::Sqlite { 1 } else { 16 };
-        let pool = AnyPoolOptions::new().max_connections(max).connect(&url).await?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(max)
+            .connect(&url)
+            .await?;
         if dialect == Dialect::Sqlite {
-            sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await?;
-            sqlx::query("PRAGMA foreign_keys = ON").execute(&pool).await?;
+            sqlx::query("PRAGMA journal_mode = WAL")
+                .execute(&pool)
+                .await?;
+            sqlx::query("PRAGMA foreign_keys = ON")
+                .execute(&pool)
+                .await?;
         }
         Ok(Self { pool, dialect })
     }
@@ -450,8 +470,16 @@ impl Store {
     /// Applies pending migrations of this dialect.
     pub async fn migrate(&self) -> StoreResult<()> {
         match self.dialect {
-            Dialect::Sqlite => sqlx::migrate!("../migrations/sqlite").run(&self.pool).await?,
-            Dialect::Postgres => sqlx::migrate!("../migrations/postgres").run(&self.pool).await?,
+            Dialect::Sqlite => {
+                sqlx::migrate!("../migrations/sqlite")
+                    .run(&self.pool)
+                    .await?
+            }
+            Dialect::Postgres => {
+                sqlx::migrate!("../migrations/postgres")
+                    .run(&self.pool)
+                    .await?
+            }
         }
         Ok(())
     }
@@ -485,8 +513,13 @@ impl Store {
     /// The user `id`.
     pub async fn get_user(&self, id: i64) -> StoreResult<User> {
         let sql = format!("SELECT {USER_COLS} FROM users WHERE id = $1");
-        let row = sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await?;
-        row.map(|r| user_row(&r)).transpose()?.ok_or_else(|| StoreError::NotFound(format!("no user with id {id}")))
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| user_row(&r))
+            .transpose()?
+            .ok_or_else(|| StoreError::NotFound(format!("no user with id {id}")))
     }
 
     /// Users matching `filter`, ordered by name.
@@ -504,13 +537,19 @@ impl Store {
             binds.push(Bind::Text(d.clone()));
             clauses.push(format!("department = ${}", binds.len()));
         }
-        let where_ = if clauses.is_empty() { String::new() } else { format!("WHERE {}", clauses.join(" AND ")) };
+        let where_ = if clauses.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", clauses.join(" AND "))
+        };
         let sql = format!(
             "SELECT {USER_COLS} FROM users {where_} ORDER BY name, id LIMIT {} OFFSET {}",
             page.size + 1,
             (page.number - 1) * page.size
         );
-        let rows = bind_all(sqlx::query(&sql), binds).fetch_all(&self.pool).await?;
+        let rows = bind_all(sqlx::query(&sql), binds)
+            .fetch_all(&self.pool)
+            .await?;
         let items = rows.iter().map(user_row).collect::<Result<Vec<_>, _>>()?;
         Ok(paged(items, page))
     }
@@ -548,9 +587,18 @@ impl Store {
             .iter()
             .map(|r| r.try_get("photo_key"))
             .collect::<Result<_, _>>()?;
-        sqlx::query("DELETE FROM faces WHERE user_id = $1").bind(id).execute(&mut *tx).await?;
-        sqlx::query("DELETE FROM attendance WHERE user_id = $1").bind(id).execute(&mut *tx).await?;
-        let done = sqlx::query("DELETE FROM users WHERE id = $1").bind(id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM faces WHERE user_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM attendance WHERE user_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let done = sqlx::query("DELETE FROM users WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound(format!("no user with id {id}")));
         }
@@ -601,7 +649,10 @@ impl Store {
     /// Faces of user `id`, oldest first.
     pub async fn list_faces(&self, user_id: i64) -> StoreResult<Vec<FaceRecord>> {
         let sql = format!("SELECT {FACE_COLS} FROM faces WHERE user_id = $1 ORDER BY id");
-        let rows = sqlx::query(&sql).bind(user_id).fetch_all(&self.pool).await?;
+        let rows = sqlx::query(&sql)
+            .bind(user_id)
+            .fetch_all(&self.pool)
+            .await?;
         Ok(rows.iter().map(face_row).collect::<Result<_, _>>()?)
     }
 
@@ -629,7 +680,11 @@ impl Store {
 
     /// Records a sighting: a new mark, or folded into the user's mark whose last sighting is
     /// within `window` (one transaction; the user row is locked so concurrent sightings fold).
-    pub async fn record_sighting(&self, s: &Sighting, window: chrono::Duration) -> StoreResult<Marked> {
+    pub async fn record_sighting(
+        &self,
+        s: &Sighting,
+        window: chrono::Duration,
+    ) -> StoreResult<Marked> {
         let mut tx = self.pool.begin().await?;
         let at = ms(s.at);
         let locked = sqlx::query("UPDATE users SET updated_at = updated_at WHERE id = $1")
@@ -637,7 +692,10 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         if locked.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("no user with id {}", s.user_id)));
+            return Err(StoreError::NotFound(format!(
+                "no user with id {}",
+                s.user_id
+            )));
         }
         let recent = sqlx::query(
             "SELECT id FROM attendance WHERE user_id = $1 AND last_seen_at >= $2 ORDER BY last_seen_at DESC LIMIT 1",
@@ -657,7 +715,10 @@ impl Store {
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
-                Marked { id, recorded: false }
+                Marked {
+                    id,
+                    recorded: false,
+                }
             }
             None => {
                 let row = sqlx::query(
@@ -675,7 +736,10 @@ impl Store {
                 .bind(s.source.clone())
                 .fetch_one(&mut *tx)
                 .await?;
-                Marked { id: row.try_get("id")?, recorded: true }
+                Marked {
+                    id: row.try_get("id")?,
+                    recorded: true,
+                }
             }
         };
         tx.commit().await?;
@@ -683,27 +747,51 @@ impl Store {
     }
 
     /// Attendance marks matching `filter`, newest first; `page = None` returns all of them.
-    pub async fn list_attendance(&self, filter: &AttendanceFilter, page: Option<Page>) -> StoreResult<Paged<AttendanceRecord>> {
+    pub async fn list_attendance(
+        &self,
+        filter: &AttendanceFilter,
+        page: Option<Page>,
+    ) -> StoreResult<Paged<AttendanceRecord>> {
         let (where_, binds) = attendance_where(filter);
-        let limit = page.map(|p| format!("LIMIT {} OFFSET {}", p.size + 1, (p.number - 1) * p.size)).unwrap_or_default();
+        let limit = page
+            .map(|p| format!("LIMIT {} OFFSET {}", p.size + 1, (p.number - 1) * p.size))
+            .unwrap_or_default();
         let sql = format!(
             "SELECT a.id, a.user_id, u.name, u.external_id, u.department, a.seen_at, a.last_seen_at, a.sightings, \
              a.camera_id, a.similarity, a.box_x, a.box_y, a.box_width, a.box_height, a.source \
              FROM attendance a JOIN users u ON u.id = a.user_id {where_} ORDER BY a.seen_at DESC, a.id DESC {limit}"
         );
-        let rows = bind_all(sqlx::query(&sql), binds).fetch_all(&self.pool).await?;
-        let items = rows.iter().map(attendance_row).collect::<Result<Vec<_>, _>>()?;
+        let rows = bind_all(sqlx::query(&sql), binds)
+            .fetch_all(&self.pool)
+            .await?;
+        let items = rows
+            .iter()
+            .map(attendance_row)
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(match page {
             Some(p) => paged(items, p),
-            None => Paged { items, next_page: None },
+            None => Paged {
+                items,
+                next_page: None,
+            },
         })
     }
 
     // ---- API keys ----
 
     /// Stores a key by its hash.
-    pub async fn create_api_key(&self, name: &str, prefix: &str, hash: &str, scopes: &[Scope]) -> StoreResult<ApiKey> {
-        let scopes = scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",");
+    pub async fn create_api_key(
+        &self,
+        name: &str,
+        prefix: &str,
+        hash: &str,
+        scopes: &[Scope],
+    ) -> StoreResult<ApiKey> {
+        let scopes = scopes
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
         let row = sqlx::query(&format!(
             "INSERT INTO api_keys (name, prefix, hash, scopes, created_at) VALUES ($1, $2, $3, $4, $5) RETURNING {KEY_COLS}"
         ))
@@ -731,22 +819,28 @@ impl Store {
 
     /// All keys, newest first.
     pub async fn list_api_keys(&self) -> StoreResult<Vec<ApiKey>> {
-        let rows = sqlx::query(&format!("SELECT {KEY_COLS} FROM api_keys ORDER BY id DESC")).fetch_all(&self.pool).await?;
+        let rows = sqlx::query(&format!("SELECT {KEY_COLS} FROM api_keys ORDER BY id DESC"))
+            .fetch_all(&self.pool)
+            .await?;
         Ok(rows.iter().map(key_row).collect::<Result<_, _>>()?)
     }
 
     /// Number of keys ever created.
     pub async fn count_api_keys(&self) -> StoreResult<i64> {
-        Ok(sqlx::query("SELECT COUNT(*) AS n FROM api_keys").fetch_one(&self.pool).await?.try_get("n")?)
+        Ok(sqlx::query("SELECT COUNT(*) AS n FROM api_keys")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("n")?)
     }
 
     /// Revokes key `id`.
     pub async fn revoke_api_key(&self, id: i64) -> StoreResult<()> {
-        let done = sqlx::query("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2")
-            .bind(ms(Utc::now()))
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+        let done =
+            sqlx::query("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2")
+                .bind(ms(Utc::now()))
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound(format!("no API key with id {id}")));
         }
@@ -756,15 +850,23 @@ impl Store {
     // ---- audit ----
 
     /// Appends an entry to the audit log.
-    pub async fn audit(&self, actor: &str, action: &str, target: Option<String>, detail: serde_json::Value) -> StoreResult<()> {
-        sqlx::query("INSERT INTO audit_log (at, actor, action, target, detail) VALUES ($1, $2, $3, $4, $5)")
-            .bind(ms(Utc::now()))
-            .bind(actor.to_owned())
-            .bind(action.to_owned())
-            .bind(target)
-            .bind(detail.to_string())
-            .execute(&self.pool)
-            .await?;
+    pub async fn audit(
+        &self,
+        actor: &str,
+        action: &str,
+        target: Option<String>,
+        detail: serde_json::Value,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO audit_log (at, actor, action, target, detail) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(ms(Utc::now()))
+        .bind(actor.to_owned())
+        .bind(action.to_owned())
+        .bind(target)
+        .bind(detail.to_string())
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 }
@@ -772,7 +874,10 @@ impl Store {
 fn paged<T>(mut items: Vec<T>, page: Page) -> Paged<T> {
     let more = items.len() as i64 > page.size;
     items.truncate(page.size as usize);
-    Paged { items, next_page: more.then_some(page.number + 1) }
+    Paged {
+        items,
+        next_page: more.then_some(page.number + 1),
+    }
 }
 
 fn conflict_or(err: sqlx::Error, message: &str) -> StoreError {

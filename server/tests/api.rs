@@ -22,7 +22,12 @@ async fn enrol_recognise_dedupe_and_export(db: Db) {
     assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
 
     // A different photo of the same person is recognised; the second sighting folds into the first mark.
-    let first: Value = app.recognize(person_photo("obama2.jpg"), "door-1").await.json().await.unwrap();
+    let first: Value = app
+        .recognize(person_photo("obama2.jpg"), "door-1")
+        .await
+        .json()
+        .await
+        .unwrap();
     let faces = first["faces"].as_array().unwrap();
     assert_eq!(faces.len(), 1, "{first}");
     assert_eq!(faces[0]["user"]["id"], obama, "{first}");
@@ -31,39 +36,86 @@ async fn enrol_recognise_dedupe_and_export(db: Db) {
     for k in ["x", "y", "width", "height"] {
         assert!(faces[0]["box"][k].is_number());
     }
-    let second: Value = app.recognize(person_photo("obama3.jpg"), "door-1").await.json().await.unwrap();
+    let second: Value = app
+        .recognize(person_photo("obama3.jpg"), "door-1")
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(second["faces"][0]["user"]["id"], obama, "{second}");
-    assert_eq!(second["faces"][0]["attendance"], json!({ "recorded": false, "id": mark }));
+    assert_eq!(
+        second["faces"][0]["attendance"],
+        json!({ "recorded": false, "id": mark })
+    );
 
     // Someone never enrolled comes back unknown and marks nothing.
-    let stranger: Value = app.recognize(person_photo("biden.jpg"), "door-1").await.json().await.unwrap();
+    let stranger: Value = app
+        .recognize(person_photo("biden.jpg"), "door-1")
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(stranger["faces"].as_array().unwrap().len(), 1);
     assert_eq!(stranger["faces"][0]["user"], Value::Null, "{stranger}");
     assert_eq!(stranger["faces"][0]["attendance"]["recorded"], false);
 
-    let log: Value = app.get("/api/v1/attendance?camera_id=door-1").send().await.unwrap().json().await.unwrap();
+    let log: Value = app
+        .get("/api/v1/attendance?camera_id=door-1")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let items = log["items"].as_array().unwrap();
     assert_eq!(items.len(), 1, "{log}");
     assert_eq!(items[0]["user_name"], "Barack Obama");
     assert_eq!(items[0]["sightings"], 2);
     assert_eq!(log["next_page"], Value::Null);
-    let none: Value = app.get("/api/v1/attendance?department=Nowhere").send().await.unwrap().json().await.unwrap();
+    let none: Value = app
+        .get("/api/v1/attendance?department=Nowhere")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert!(none["items"].as_array().unwrap().is_empty());
 
-    let csv = app.get("/api/v1/attendance/export?format=csv&department=Office").send().await.unwrap();
+    let csv = app
+        .get("/api/v1/attendance/export?format=csv&department=Office")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(csv.headers()["content-type"], "text/csv; charset=utf-8");
     let csv = csv.text().await.unwrap();
     let lines: Vec<&str> = csv.lines().collect();
-    assert!(lines[0].starts_with("id,user_id,external_id,name,department,seen_at"), "{csv}");
+    assert!(
+        lines[0].starts_with("id,user_id,external_id,name,department,seen_at"),
+        "{csv}"
+    );
     assert_eq!(lines.len(), 2, "{csv}");
-    assert!(lines[1].contains("Barack Obama") && lines[1].contains("door-1"), "{csv}");
+    assert!(
+        lines[1].contains("Barack Obama") && lines[1].contains("door-1"),
+        "{csv}"
+    );
 
-    let pdf = app.get("/api/v1/attendance/export?format=pdf").send().await.unwrap();
+    let pdf = app
+        .get("/api/v1/attendance/export?format=pdf")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(pdf.headers()["content-type"], "application/pdf");
     let bytes = pdf.bytes().await.unwrap();
     assert!(bytes.starts_with(b"%PDF"));
     let text = pdf_text(&bytes);
-    for needle in ["Rollcall attendance report", "Period:", "Barack Obama", "Office", "Page 1 of 1"] {
+    for needle in [
+        "Rollcall attendance report",
+        "Period:",
+        "Barack Obama",
+        "Office",
+        "Page 1 of 1",
+    ] {
         assert!(text.contains(needle), "`{needle}` not in PDF text:\n{text}");
     }
 }
@@ -73,7 +125,12 @@ fn pdf_text(pdf: &[u8]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("r.pdf");
     std::fs::write(&path, pdf).unwrap();
-    let out = Command::new("pdftotext").arg("-layout").arg(&path).arg("-").output().expect("pdftotext (poppler-utils)");
+    let out = Command::new("pdftotext")
+        .arg("-layout")
+        .arg(&path)
+        .arg("-")
+        .output()
+        .expect("pdftotext (poppler-utils)");
     assert!(out.status.success());
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -81,7 +138,13 @@ fn pdf_text(pdf: &[u8]) -> String {
 async fn error_of(res: reqwest::Response) -> (u16, String) {
     let status = res.status().as_u16();
     let body: Value = res.json().await.unwrap();
-    (status, body["error"]["code"].as_str().unwrap_or_else(|| panic!("no error code in {body}")).to_owned())
+    (
+        status,
+        body["error"]["code"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error code in {body}"))
+            .to_owned(),
+    )
 }
 
 async fn bad_uploads_are_refused_and_nothing_is_half_written(db: Db) {
@@ -89,34 +152,87 @@ async fn bad_uploads_are_refused_and_nothing_is_half_written(db: Db) {
     let user = app.create_user("Test Person", "QA").await;
 
     let big = vec![0xFFu8; 3 * 1024 * 1024];
-    assert_eq!(error_of(app.recognize(big.clone(), "c").await).await, (413, "payload_too_large".into()));
+    assert_eq!(
+        error_of(app.recognize(big.clone(), "c").await).await,
+        (413, "payload_too_large".into())
+    );
     assert_eq!(error_of(app.enroll(user, &[big]).await).await.0, 413);
 
     // Format by magic bytes, whatever the name or content type says.
     let gif = b"GIF89a\x01\x00\x01\x00\x00\x00\x00;".to_vec();
-    let res = app.post("/api/v1/recognize").header("content-type", "image/jpeg").body(gif).send().await.unwrap();
+    let res = app
+        .post("/api/v1/recognize")
+        .header("content-type", "image/jpeg")
+        .body(gif)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(error_of(res).await, (415, "unsupported_media_type".into()));
 
     let jpeg = person_photo("obama.jpg");
-    assert_eq!(error_of(app.recognize(jpeg[..jpeg.len() / 3].to_vec(), "c").await).await, (422, "corrupt_image".into()));
+    assert_eq!(
+        error_of(app.recognize(jpeg[..jpeg.len() / 3].to_vec(), "c").await).await,
+        (422, "corrupt_image".into())
+    );
     let bomb = png_bomb();
     assert!(bomb.len() < 100);
-    assert_eq!(error_of(app.recognize(bomb.clone(), "c").await).await, (422, "image_too_large".into()));
-    assert_eq!(error_of(app.enroll(user, &[bomb]).await).await, (422, "image_too_large".into()));
+    assert_eq!(
+        error_of(app.recognize(bomb.clone(), "c").await).await,
+        (422, "image_too_large".into())
+    );
+    assert_eq!(
+        error_of(app.enroll(user, &[bomb]).await).await,
+        (422, "image_too_large".into())
+    );
 
     // No face, several faces, and a good photo followed by a bad one: nothing is stored.
-    assert_eq!(error_of(app.enroll(user, &[blank_png()]).await).await, (422, "no_face".into()));
-    assert_eq!(error_of(app.enroll(user, &[group_photo("sample1.jpg")]).await).await, (422, "multiple_faces".into()));
-    let res = app.enroll(user, &[person_photo("obama.jpg"), group_photo("sample2.jpg")]).await;
+    assert_eq!(
+        error_of(app.enroll(user, &[blank_png()]).await).await,
+        (422, "no_face".into())
+    );
+    assert_eq!(
+        error_of(app.enroll(user, &[group_photo("sample1.jpg")]).await).await,
+        (422, "multiple_faces".into())
+    );
+    let res = app
+        .enroll(
+            user,
+            &[person_photo("obama.jpg"), group_photo("sample2.jpg")],
+        )
+        .await;
     assert_eq!(error_of(res).await, (422, "multiple_faces".into()));
-    let detail: Value = app.get(&format!("/api/v1/users/{user}")).send().await.unwrap().json().await.unwrap();
+    let detail: Value = app
+        .get(&format!("/api/v1/users/{user}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(detail["faces"], json!([]), "{detail}");
     assert_eq!(app.stored_photos(), 0);
-    let seen: Value = app.recognize(person_photo("obama2.jpg"), "c").await.json().await.unwrap();
-    assert_eq!(seen["faces"][0]["user"], Value::Null, "a failed enrolment left an index entry: {seen}");
+    let seen: Value = app
+        .recognize(person_photo("obama2.jpg"), "c")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        seen["faces"][0]["user"],
+        Value::Null,
+        "a failed enrolment left an index entry: {seen}"
+    );
 
-    assert_eq!(error_of(app.enroll(9999, &[person_photo("obama.jpg")]).await).await, (404, "not_found".into()));
-    let res = app.post(&format!("/api/v1/users/{user}/faces")).multipart(reqwest::multipart::Form::new().text("x", "y")).send().await.unwrap();
+    assert_eq!(
+        error_of(app.enroll(9999, &[person_photo("obama.jpg")]).await).await,
+        (404, "not_found".into())
+    );
+    let res = app
+        .post(&format!("/api/v1/users/{user}/faces"))
+        .multipart(reqwest::multipart::Form::new().text("x", "y"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(error_of(res).await.0, 400);
 }
 
@@ -127,7 +243,11 @@ fn png_bomb() -> Vec<u8> {
     ihdr.extend(30000u32.to_be_bytes());
     ihdr.extend(30000u32.to_be_bytes());
     ihdr.extend([8, 2, 0, 0, 0]);
-    for (kind, body) in [(b"IHDR", ihdr.as_slice()), (b"IDAT", &[0x78, 0x9c, 0x03, 0x00][..]), (b"IEND", &[][..])] {
+    for (kind, body) in [
+        (b"IHDR", ihdr.as_slice()),
+        (b"IDAT", &[0x78, 0x9c, 0x03, 0x00][..]),
+        (b"IEND", &[][..]),
+    ] {
         png.extend((body.len() as u32).to_be_bytes());
         let mut chunk = kind.to_vec();
         chunk.extend(body);
@@ -142,7 +262,11 @@ fn crc32(data: &[u8]) -> u32 {
     for &b in data {
         crc ^= u32::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -157,54 +281,154 @@ fn blank_png() -> Vec<u8> {
 
 async fn json_validation_and_verbatim_storage(db: Db) {
     let app = spawn(db).await;
-    let res = app.post("/api/v1/users").header("content-type", "application/json").body("{\"name\": ").send().await.unwrap();
+    let res = app
+        .post("/api/v1/users")
+        .header("content-type", "application/json")
+        .body("{\"name\": ")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(error_of(res).await, (400, "bad_request".into()));
-    let res = app.post("/api/v1/users").json(&json!({ "name": "A", "role": "x" })).send().await.unwrap();
+    let res = app
+        .post("/api/v1/users")
+        .json(&json!({ "name": "A", "role": "x" }))
+        .send()
+        .await
+        .unwrap();
     let (status, _) = error_of(res).await;
     assert_eq!(status, 400);
-    let res = app.post("/api/v1/users").json(&json!({ "name": "   " })).send().await.unwrap();
+    let res = app
+        .post("/api/v1/users")
+        .json(&json!({ "name": "   " }))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(error_of(res).await.0, 400);
-    let res = app.post("/api/v1/users").json(&json!({ "name": "A", "email": "not-an-email" })).send().await.unwrap();
+    let res = app
+        .post("/api/v1/users")
+        .json(&json!({ "name": "A", "email": "not-an-email" }))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(error_of(res).await.0, 400);
 
     let nasty = "Robert'); DROP TABLE users;-- <script>alert(1)</script>";
-    let res = app.post("/api/v1/users").json(&json!({ "name": nasty, "department": "R&D \"<b>\"" })).send().await.unwrap();
+    let res = app
+        .post("/api/v1/users")
+        .json(&json!({ "name": nasty, "department": "R&D \"<b>\"" }))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 201);
     let id = res.json::<Value>().await.unwrap()["id"].as_i64().unwrap();
-    let back: Value = app.get(&format!("/api/v1/users/{id}")).send().await.unwrap().json().await.unwrap();
+    let back: Value = app
+        .get(&format!("/api/v1/users/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(back["name"], nasty);
     assert_eq!(back["department"], "R&D \"<b>\"");
-    let found: Value = app.get("/api/v1/users?search=drop%20table").send().await.unwrap().json().await.unwrap();
+    let found: Value = app
+        .get("/api/v1/users?search=drop%20table")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(found["items"].as_array().unwrap().len(), 1);
 
-    let res = app.client.patch(app.url(&format!("/api/v1/users/{id}"))).bearer_auth(&app.admin_key).json(&json!({ "email": "a@b.org", "department": null })).send().await.unwrap();
+    let res = app
+        .client
+        .patch(app.url(&format!("/api/v1/users/{id}")))
+        .bearer_auth(&app.admin_key)
+        .json(&json!({ "email": "a@b.org", "department": null }))
+        .send()
+        .await
+        .unwrap();
     let patched: Value = res.json().await.unwrap();
     assert_eq!(patched["email"], "a@b.org");
     assert_eq!(patched["department"], Value::Null);
     assert_eq!(patched["name"], nasty);
 
-    assert_eq!(error_of(app.get("/api/v1/users/424242").send().await.unwrap()).await, (404, "not_found".into()));
-    assert_eq!(error_of(app.get("/api/v1/users/abc").send().await.unwrap()).await.0, 404);
-    assert_eq!(error_of(app.get("/api/v1/attendance?from=yesterday").send().await.unwrap()).await.0, 400);
-    assert_eq!(error_of(app.get("/api/v1/attendance/export?format=xls").send().await.unwrap()).await.0, 400);
+    assert_eq!(
+        error_of(app.get("/api/v1/users/424242").send().await.unwrap()).await,
+        (404, "not_found".into())
+    );
+    assert_eq!(
+        error_of(app.get("/api/v1/users/abc").send().await.unwrap())
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        error_of(
+            app.get("/api/v1/attendance?from=yesterday")
+                .send()
+                .await
+                .unwrap()
+        )
+        .await
+        .0,
+        400
+    );
+    assert_eq!(
+        error_of(
+            app.get("/api/v1/attendance/export?format=xls")
+                .send()
+                .await
+                .unwrap()
+        )
+        .await
+        .0,
+        400
+    );
 
     // Paging.
     for i in 0..3 {
         app.create_user(&format!("Pager {i}"), "P").await;
     }
-    let p1: Value = app.get("/api/v1/users?department=P&per_page=2").send().await.unwrap().json().await.unwrap();
+    let p1: Value = app
+        .get("/api/v1/users?department=P&per_page=2")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(p1["items"].as_array().unwrap().len(), 2);
     assert_eq!(p1["next_page"], 2);
-    let p2: Value = app.get("/api/v1/users?department=P&per_page=2&page=2").send().await.unwrap().json().await.unwrap();
+    let p2: Value = app
+        .get("/api/v1/users?department=P&per_page=2&page=2")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(p2["items"].as_array().unwrap().len(), 1);
     assert_eq!(p2["next_page"], Value::Null);
 }
 
 async fn keys_scopes_and_status_codes(db: Db) {
     let app = spawn(db).await;
-    let anon = app.client.get(app.url("/api/v1/users")).send().await.unwrap();
+    let anon = app
+        .client
+        .get(app.url("/api/v1/users"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(error_of(anon).await, (401, "unauthorized".into()));
-    let wrong = app.client.get(app.url("/api/v1/users")).bearer_auth("rc_wrong").send().await.unwrap();
+    let wrong = app
+        .client
+        .get(app.url("/api/v1/users"))
+        .bearer_auth("rc_wrong")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(error_of(wrong).await.0, 401);
 
     let created: Value = app
@@ -218,55 +442,193 @@ async fn keys_scopes_and_status_codes(db: Db) {
         .unwrap();
     let kiosk = created["key"].as_str().unwrap().to_owned();
     let kiosk_id = created["api_key"]["id"].as_i64().unwrap();
-    let listed: Value = app.get("/api/v1/api-keys").send().await.unwrap().json().await.unwrap();
-    assert!(!listed.to_string().contains(&kiosk), "secrets must never be listed");
+    let listed: Value = app
+        .get("/api/v1/api-keys")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        !listed.to_string().contains(&kiosk),
+        "secrets must never be listed"
+    );
 
     // The kiosk may recognise (X-API-Key works too) but not list users or export.
-    let res = app.client.post(app.url("/api/v1/recognize")).header("x-api-key", &kiosk).body(person_photo("biden.jpg")).send().await.unwrap();
+    let res = app
+        .client
+        .post(app.url("/api/v1/recognize"))
+        .header("x-api-key", &kiosk)
+        .body(person_photo("biden.jpg"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
-    let res = app.client.get(app.url("/api/v1/users")).bearer_auth(&kiosk).send().await.unwrap();
+    let res = app
+        .client
+        .get(app.url("/api/v1/users"))
+        .bearer_auth(&kiosk)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(error_of(res).await, (403, "forbidden".into()));
-    let res = app.client.get(app.url("/api/v1/attendance/export")).bearer_auth(&kiosk).send().await.unwrap();
+    let res = app
+        .client
+        .get(app.url("/api/v1/attendance/export"))
+        .bearer_auth(&kiosk)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(error_of(res).await.0, 403);
 
-    let res = app.client.delete(app.url(&format!("/api/v1/api-keys/{kiosk_id}"))).bearer_auth(&app.admin_key).send().await.unwrap();
+    let res = app
+        .client
+        .delete(app.url(&format!("/api/v1/api-keys/{kiosk_id}")))
+        .bearer_auth(&app.admin_key)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 204);
-    let res = app.client.post(app.url("/api/v1/recognize")).bearer_auth(&kiosk).body(person_photo("biden.jpg")).send().await.unwrap();
+    let res = app
+        .client
+        .post(app.url("/api/v1/recognize"))
+        .bearer_auth(&kiosk)
+        .body(person_photo("biden.jpg"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(error_of(res).await, (401, "unauthorized".into()));
 
     // Public endpoints.
-    assert_eq!(app.client.get(app.url("/healthz")).send().await.unwrap().status(), 200);
-    let ready: Value = app.client.get(app.url("/readyz")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(
+        app.client
+            .get(app.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let ready: Value = app
+        .client
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(ready["database"], "ok");
-    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    for m in ["rollcall_http_requests_total", "rollcall_stage_duration_seconds", "rollcall_batch_size", "rollcall_queue_depth", "rollcall_index_faces"] {
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for m in [
+        "rollcall_http_requests_total",
+        "rollcall_stage_duration_seconds",
+        "rollcall_batch_size",
+        "rollcall_queue_depth",
+        "rollcall_index_faces",
+    ] {
         assert!(metrics.contains(m), "{m} missing from /metrics");
     }
-    let spec: Value = app.client.get(app.url("/api/v1/openapi.json")).send().await.unwrap().json().await.unwrap();
-    for path in ["/api/v1/users", "/api/v1/users/{id}", "/api/v1/users/{id}/faces", "/api/v1/recognize", "/api/v1/attendance", "/api/v1/attendance/export", "/healthz", "/readyz", "/metrics"] {
-        assert!(spec["paths"][path].is_object(), "{path} missing from the OpenAPI document");
+    let spec: Value = app
+        .client
+        .get(app.url("/api/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for path in [
+        "/api/v1/users",
+        "/api/v1/users/{id}",
+        "/api/v1/users/{id}/faces",
+        "/api/v1/recognize",
+        "/api/v1/attendance",
+        "/api/v1/attendance/export",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ] {
+        assert!(
+            spec["paths"][path].is_object(),
+            "{path} missing from the OpenAPI document"
+        );
     }
-    assert_eq!(error_of(app.get("/nope").send().await.unwrap()).await.0, 404);
+    assert_eq!(
+        error_of(app.get("/nope").send().await.unwrap()).await.0,
+        404
+    );
 }
 
 async fn deleting_a_user_erases_biometrics(db: Db) {
     let app = spawn(db).await;
     let user = app.create_user("Barack Obama", "Office").await;
-    assert_eq!(app.enroll(user, &[person_photo("obama.jpg"), person_photo("obama3.jpg")]).await.status(), 201);
+    assert_eq!(
+        app.enroll(
+            user,
+            &[person_photo("obama.jpg"), person_photo("obama3.jpg")]
+        )
+        .await
+        .status(),
+        201
+    );
     assert_eq!(app.stored_photos(), 2);
     let other = app.create_user("Someone Else", "Office").await;
     let dup = app.enroll(other, &[person_photo("obama2.jpg")]).await;
-    assert_eq!(error_of(dup).await, (409, "conflict".into()), "a duplicate of another user's face is reported");
+    assert_eq!(
+        error_of(dup).await,
+        (409, "conflict".into()),
+        "a duplicate of another user's face is reported"
+    );
 
-    let seen: Value = app.recognize(person_photo("obama2.jpg"), "c").await.json().await.unwrap();
+    let seen: Value = app
+        .recognize(person_photo("obama2.jpg"), "c")
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(seen["faces"][0]["user"]["id"], user);
-    let res = app.client.delete(app.url(&format!("/api/v1/users/{user}"))).bearer_auth(&app.admin_key).send().await.unwrap();
+    let res = app
+        .client
+        .delete(app.url(&format!("/api/v1/users/{user}")))
+        .bearer_auth(&app.admin_key)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 204);
     assert_eq!(app.stored_photos(), 0);
-    assert_eq!(app.get(&format!("/api/v1/users/{user}")).send().await.unwrap().status(), 404);
-    let seen: Value = app.recognize(person_photo("obama2.jpg"), "c").await.json().await.unwrap();
+    assert_eq!(
+        app.get(&format!("/api/v1/users/{user}"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    let seen: Value = app
+        .recognize(person_photo("obama2.jpg"), "c")
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(seen["faces"][0]["user"], Value::Null, "{seen}");
-    let log: Value = app.get(&format!("/api/v1/attendance?user_id={user}")).send().await.unwrap().json().await.unwrap();
+    let log: Value = app
+        .get(&format!("/api/v1/attendance?user_id={user}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert!(log["items"].as_array().unwrap().is_empty());
 }
 
@@ -282,7 +644,12 @@ async fn a_full_queue_answers_503_with_retry_after() {
     let requests = (0..12).map(|_| app.recognize(photo.clone(), "load"));
     let responses = futures_util::future::join_all(requests).await;
     let busy: Vec<_> = responses.iter().filter(|r| r.status() == 503).collect();
-    assert!(!busy.is_empty(), "12 concurrent frames against a queue of 1 must overflow");
-    assert!(busy.iter().all(|r| r.headers().get("retry-after").is_some()));
+    assert!(
+        !busy.is_empty(),
+        "12 concurrent frames against a queue of 1 must overflow"
+    );
+    assert!(busy
+        .iter()
+        .all(|r| r.headers().get("retry-after").is_some()));
     assert!(responses.iter().any(|r| r.status() == 200));
 }

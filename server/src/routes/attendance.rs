@@ -33,17 +33,32 @@ fn parse_time(field: &str, v: &str, end_of_day: bool) -> Result<DateTime<Utc>, A
     if let Ok(t) = DateTime::parse_from_rfc3339(v) {
         return Ok(t.with_timezone(&Utc));
     }
-    let day = NaiveDate::parse_from_str(v, "%Y-%m-%d")
-        .map_err(|_| ApiError::BadRequest(format!("`{field}` must be an RFC 3339 time or a YYYY-MM-DD date")))?;
-    let day = if end_of_day { day.succ_opt().unwrap_or(day) } else { day };
+    let day = NaiveDate::parse_from_str(v, "%Y-%m-%d").map_err(|_| {
+        ApiError::BadRequest(format!(
+            "`{field}` must be an RFC 3339 time or a YYYY-MM-DD date"
+        ))
+    })?;
+    let day = if end_of_day {
+        day.succ_opt().unwrap_or(day)
+    } else {
+        day
+    };
     Ok(day.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc())
 }
 
 impl AttendanceQuery {
     fn filter(&self) -> Result<AttendanceFilter, ApiError> {
         Ok(AttendanceFilter {
-            from: self.from.as_deref().map(|v| parse_time("from", v, false)).transpose()?,
-            to: self.to.as_deref().map(|v| parse_time("to", v, true)).transpose()?,
+            from: self
+                .from
+                .as_deref()
+                .map(|v| parse_time("from", v, false))
+                .transpose()?,
+            to: self
+                .to
+                .as_deref()
+                .map(|v| parse_time("to", v, true))
+                .transpose()?,
             user_id: self.user_id,
             department: self.department.clone().filter(|d| !d.is_empty()),
             camera_id: self.camera_id.clone().filter(|c| !c.is_empty()),
@@ -52,15 +67,26 @@ impl AttendanceQuery {
 }
 
 /// `GET /attendance`: marks, newest first, paginated.
-pub async fn list(req: HttpRequest, state: web::Data<AppState>, q: web::Query<AttendanceQuery>) -> Result<HttpResponse, ApiError> {
+pub async fn list(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    q: web::Query<AttendanceQuery>,
+) -> Result<HttpResponse, ApiError> {
     authorize(&req, &state.store, Scope::Read).await?;
     let page = PageQuery::page(q.page, q.per_page)?;
-    let rows = state.store.list_attendance(&q.filter()?, Some(page)).await?;
+    let rows = state
+        .store
+        .list_attendance(&q.filter()?, Some(page))
+        .await?;
     Ok(HttpResponse::Ok().json(rows))
 }
 
 /// `GET /attendance/export?format=csv|pdf`: every mark matching the filters.
-pub async fn export(req: HttpRequest, state: web::Data<AppState>, q: web::Query<AttendanceQuery>) -> Result<HttpResponse, ApiError> {
+pub async fn export(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    q: web::Query<AttendanceQuery>,
+) -> Result<HttpResponse, ApiError> {
     authorize(&req, &state.store, Scope::Read).await?;
     let filter = q.filter()?;
     let format = q.format.as_deref().unwrap_or("csv");
@@ -81,6 +107,9 @@ pub async fn export(req: HttpRequest, state: web::Data<AppState>, q: web::Query<
     .map_err(ApiError::internal)?;
     Ok(HttpResponse::Ok()
         .content_type(content_type)
-        .insert_header((header::CONTENT_DISPOSITION, format!("attachment; filename=\"attendance-{stamp}.{format}\"")))
+        .insert_header((
+            header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"attendance-{stamp}.{format}\""),
+        ))
         .body(body))
 }

@@ -31,7 +31,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/api-keys", web::post().to(keys::create))
                 .route("/api-keys/{id}", web::delete().to(keys::revoke)),
         )
-        .default_service(web::to(|| async { Err::<actix_web::HttpResponse, _>(ApiError::NotFound("no such route".into())) }));
+        .default_service(web::to(|| async {
+            Err::<actix_web::HttpResponse, _>(ApiError::NotFound("no such route".into()))
+        }));
 }
 
 /// Page parameters shared by list endpoints.
@@ -50,7 +52,9 @@ impl PageQuery {
         let number = page.unwrap_or(1);
         let size = per_page.unwrap_or(50);
         if number < 1 || !(1..=500).contains(&size) {
-            return Err(ApiError::BadRequest("page must be >= 1 and per_page within 1..=500".into()));
+            return Err(ApiError::BadRequest(
+                "page must be >= 1 and per_page within 1..=500".into(),
+            ));
         }
         Ok(crate::store::Page { number, size })
     }

@@ -35,9 +35,16 @@ pub fn queue_error(err: QueueError) -> ApiError {
 
 fn label(value: Option<&str>, field: &str) -> Result<Option<String>, ApiError> {
     match value.map(str::trim).filter(|v| !v.is_empty()) {
-        Some(v) if v.len() > 100 || !v.chars().all(|c| c.is_alphanumeric() || "-_.: ".contains(c)) => Err(
-            ApiError::BadRequest(format!("`{field}` may hold up to 100 letters, digits, spaces and - _ . :")),
-        ),
+        Some(v)
+            if v.len() > 100
+                || !v
+                    .chars()
+                    .all(|c| c.is_alphanumeric() || "-_.: ".contains(c)) =>
+        {
+            Err(ApiError::BadRequest(format!(
+                "`{field}` may hold up to 100 letters, digits, spaces and - _ . :"
+            )))
+        }
         other => Ok(other.map(str::to_owned)),
     }
 }
@@ -53,14 +60,20 @@ pub async fn recognize(
     let started = Instant::now();
     authorize(&req, &state.store, Scope::Recognize).await?;
     let upload = read_upload(&req, payload, state.settings.max_upload_bytes).await?;
-    let camera_id = label(query.camera_id.as_deref().or(upload.field("camera_id")), "camera_id")?;
-    let source = label(query.source.as_deref().or(upload.field("source")), "source")?.unwrap_or_else(|| "api".into());
+    let camera_id = label(
+        query.camera_id.as_deref().or(upload.field("camera_id")),
+        "camera_id",
+    )?;
+    let source = label(query.source.as_deref().or(upload.field("source")), "source")?
+        .unwrap_or_else(|| "api".into());
     let bytes = upload
         .files
         .into_iter()
         .find(|(n, _)| n == "image" || n == "raw")
         .map(|(_, b)| b)
-        .ok_or_else(|| ApiError::BadRequest("send the image as the body or in multipart field `image`".into()))?;
+        .ok_or_else(|| {
+            ApiError::BadRequest("send the image as the body or in multipart field `image`".into())
+        })?;
 
     let t = Instant::now();
     let image = decode(bytes, state.settings.max_pixels).await?;

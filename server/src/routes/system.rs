@@ -37,12 +37,16 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     state.metrics.index_size.set(state.index.len() as i64);
-    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(state.metrics.render())
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.metrics.render())
 }
 
 /// `GET /api/v1/openapi.json`.
 pub async fn openapi() -> HttpResponse {
-    HttpResponse::Ok().content_type("application/json").body(OPENAPI)
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(OPENAPI)
 }
 
 /// Middleware counting requests and their latency per route pattern.
@@ -53,12 +57,18 @@ pub async fn track_metrics(
     let started = Instant::now();
     let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
     let method = req.method().to_string();
-    let metrics = req.app_data::<web::Data<AppState>>().map(|s| s.metrics.clone());
+    let metrics = req
+        .app_data::<web::Data<AppState>>()
+        .map(|s| s.metrics.clone());
     let res = next.call(req).await?;
     if let Some(m) = metrics {
         let status = res.status().as_u16().to_string();
-        m.http_requests.with_label_values(&[&route, &method, &status]).inc();
-        m.http_latency.with_label_values(&[&route]).observe(started.elapsed().as_secs_f64());
+        m.http_requests
+            .with_label_values(&[&route, &method, &status])
+            .inc();
+        m.http_latency
+            .with_label_values(&[&route])
+            .observe(started.elapsed().as_secs_f64());
     }
     Ok(res)
 }

@@ -56,16 +56,23 @@ pub struct ListUsers {
 fn clean(field: &str, value: &str, max: usize) -> Result<String, ApiError> {
     let v = value.trim();
     if v.chars().count() > max {
-        return Err(ApiError::BadRequest(format!("`{field}` is longer than {max} characters")));
+        return Err(ApiError::BadRequest(format!(
+            "`{field}` is longer than {max} characters"
+        )));
     }
     if v.chars().any(char::is_control) {
-        return Err(ApiError::BadRequest(format!("`{field}` contains control characters")));
+        return Err(ApiError::BadRequest(format!(
+            "`{field}` contains control characters"
+        )));
     }
     Ok(v.to_owned())
 }
 
 fn clean_opt(field: &str, value: Option<String>, max: usize) -> Result<Option<String>, ApiError> {
-    value.map(|v| clean(field, &v, max)).transpose().map(|v| v.filter(|s| !s.is_empty()))
+    value
+        .map(|v| clean(field, &v, max))
+        .transpose()
+        .map(|v| v.filter(|s| !s.is_empty()))
 }
 
 fn clean_name(name: &str) -> Result<String, ApiError> {
@@ -79,16 +86,24 @@ fn clean_name(name: &str) -> Result<String, ApiError> {
 fn clean_email(email: Option<String>) -> Result<Option<String>, ApiError> {
     let email = clean_opt("email", email, 254)?;
     if let Some(e) = &email {
-        let valid = e.split_once('@').is_some_and(|(l, d)| !l.is_empty() && d.contains('.') && !e.contains(' '));
+        let valid = e
+            .split_once('@')
+            .is_some_and(|(l, d)| !l.is_empty() && d.contains('.') && !e.contains(' '));
         if !valid {
-            return Err(ApiError::BadRequest(format!("`email` is not an e-mail address: {e:?}")));
+            return Err(ApiError::BadRequest(format!(
+                "`email` is not an e-mail address: {e:?}"
+            )));
         }
     }
     Ok(email)
 }
 
 /// `POST /users`.
-pub async fn create(req: HttpRequest, state: web::Data<AppState>, body: web::Json<CreateUser>) -> Result<HttpResponse, ApiError> {
+pub async fn create(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Json<CreateUser>,
+) -> Result<HttpResponse, ApiError> {
     let key = authorize(&req, &state.store, Scope::Enroll).await?;
     let body = body.into_inner();
     let new = NewUser {
@@ -98,21 +113,46 @@ pub async fn create(req: HttpRequest, state: web::Data<AppState>, body: web::Jso
         department: clean_opt("department", body.department, 100)?,
     };
     let user = state.store.create_user(&new).await?;
-    state.store.audit(&key.actor(), "user.create", Some(user.id.to_string()), json!({ "name": user.name })).await?;
+    state
+        .store
+        .audit(
+            &key.actor(),
+            "user.create",
+            Some(user.id.to_string()),
+            json!({ "name": user.name }),
+        )
+        .await?;
     Ok(HttpResponse::Created().json(user))
 }
 
 /// `GET /users`.
-pub async fn list(req: HttpRequest, state: web::Data<AppState>, q: web::Query<ListUsers>) -> Result<HttpResponse, ApiError> {
+pub async fn list(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    q: web::Query<ListUsers>,
+) -> Result<HttpResponse, ApiError> {
     authorize(&req, &state.store, Scope::Read).await?;
     let q = q.into_inner();
     let page = PageQuery::page(q.page, q.per_page)?;
-    let users = state.store.list_users(&UserFilter { search: q.search, department: q.department }, page).await?;
+    let users = state
+        .store
+        .list_users(
+            &UserFilter {
+                search: q.search,
+                department: q.department,
+            },
+            page,
+        )
+        .await?;
     Ok(HttpResponse::Ok().json(users))
 }
 
 /// `GET /users/{id}`: the user with their faces.
-pub async fn get(req: HttpRequest, state: web::Data<AppState>, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
+pub async fn get(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    id: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
     authorize(&req, &state.store, Scope::Read).await?;
     let user = state.store.get_user(*id).await?;
     let faces = state.store.list_faces(user.id).await?;
@@ -133,23 +173,47 @@ pub async fn update(
     let patch = UserPatch {
         name: b.name.as_deref().map(clean_name).transpose()?,
         email: b.email.map(clean_email).transpose()?,
-        external_id: b.external_id.map(|v| clean_opt("external_id", v, 100)).transpose()?,
-        department: b.department.map(|v| clean_opt("department", v, 100)).transpose()?,
+        external_id: b
+            .external_id
+            .map(|v| clean_opt("external_id", v, 100))
+            .transpose()?,
+        department: b
+            .department
+            .map(|v| clean_opt("department", v, 100))
+            .transpose()?,
         active: b.active,
     };
     let user = state.store.update_user(*id, &patch).await?;
     state.index.remove_user(user.id);
     if user.active {
-        for e in state.store.active_embeddings().await?.into_iter().filter(|e| e.user_id == user.id) {
+        for e in state
+            .store
+            .active_embeddings()
+            .await?
+            .into_iter()
+            .filter(|e| e.user_id == user.id)
+        {
             state.index.upsert(e.face_id, e.user_id, &e.embedding);
         }
     }
-    state.store.audit(&key.actor(), "user.update", Some(user.id.to_string()), json!({ "active": user.active })).await?;
+    state
+        .store
+        .audit(
+            &key.actor(),
+            "user.update",
+            Some(user.id.to_string()),
+            json!({ "active": user.active }),
+        )
+        .await?;
     Ok(HttpResponse::Ok().json(user))
 }
 
 /// `DELETE /users/{id}`: erases the user, their faces, photos, index entries and attendance.
-pub async fn delete(req: HttpRequest, state: web::Data<AppState>, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
+pub async fn delete(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    id: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
     let key = authorize(&req, &state.store, Scope::Admin).await?;
     let photo_keys = state.store.delete_user(*id).await?;
     state.index.remove_user(*id);
@@ -158,7 +222,15 @@ pub async fn delete(req: HttpRequest, state: web::Data<AppState>, id: web::Path<
             tracing::warn!(error = %e, photo, "could not delete a photo of a deleted user");
         }
     }
-    state.store.audit(&key.actor(), "user.delete", Some(id.to_string()), json!({ "photos_erased": photo_keys.len() })).await?;
+    state
+        .store
+        .audit(
+            &key.actor(),
+            "user.delete",
+            Some(id.to_string()),
+            json!({ "photos_erased": photo_keys.len() }),
+        )
+        .await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -198,14 +270,25 @@ pub async fn enroll(
     let key = authorize(&req, &state.store, Scope::Enroll).await?;
     let user = state.store.get_user(*id).await?;
     let upload = read_upload(&req, payload, state.settings.max_upload_bytes).await?;
-    let photos: Vec<Bytes> = upload.files.into_iter().filter(|(n, _)| n == "photo").map(|(_, b)| b).collect();
+    let photos: Vec<Bytes> = upload
+        .files
+        .into_iter()
+        .filter(|(n, _)| n == "photo")
+        .map(|(_, b)| b)
+        .collect();
     if photos.is_empty() {
-        return Err(ApiError::BadRequest("send one or more images in multipart field `photo`".into()));
+        return Err(ApiError::BadRequest(
+            "send one or more images in multipart field `photo`".into(),
+        ));
     }
     let mut accepted: Vec<(Bytes, Face)> = Vec::new();
     for (i, bytes) in photos.into_iter().enumerate() {
         let image = decode(bytes.clone(), state.settings.max_pixels).await?;
-        let faces = state.queue.submit(image).await.map_err(crate::routes::recognize::queue_error)?;
+        let faces = state
+            .queue
+            .submit(image)
+            .await
+            .map_err(crate::routes::recognize::queue_error)?;
         let face = enrolment_face(faces, i + 1)?;
         if let Some(hit) = state.index.search(&face.embedding, 1).into_iter().next() {
             if hit.user_id != user.id && hit.similarity >= state.settings.match_threshold {
@@ -221,7 +304,11 @@ pub async fn enroll(
     }
     let mut new_faces = Vec::with_capacity(accepted.len());
     for (bytes, face) in &accepted {
-        let photo_key = format!("users/{}/{:032x}.img", user.id, rand::thread_rng().gen::<u128>());
+        let photo_key = format!(
+            "users/{}/{:032x}.img",
+            user.id,
+            rand::thread_rng().gen::<u128>()
+        );
         if let Err(e) = state.photos.put(&photo_key, bytes.clone()).await {
             erase_photos(&state, &new_faces).await;
             return Err(ApiError::internal(e));
@@ -247,7 +334,15 @@ pub async fn enroll(
             state.index.upsert(record.id, user.id, &new.embedding);
         }
     }
-    state.store.audit(&key.actor(), "face.enroll", Some(user.id.to_string()), json!({ "faces": stored.len() })).await?;
+    state
+        .store
+        .audit(
+            &key.actor(),
+            "face.enroll",
+            Some(user.id.to_string()),
+            json!({ "faces": stored.len() }),
+        )
+        .await?;
     Ok(HttpResponse::Created().json(json!({ "user_id": user.id, "faces": stored })))
 }
 

@@ -37,24 +37,29 @@ pub fn assets() -> PathBuf {
 
 /// The folder holding face-api's `model/` and `demo/`.
 pub fn model_dir() -> PathBuf {
-    std::env::var_os("ROLLCALL_MODEL_DIR").map(PathBuf::from).unwrap_or_else(|| assets().join("face-api"))
+    std::env::var_os("ROLLCALL_MODEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| assets().join("face-api"))
 }
 
 /// Bytes of a photo of the face_recognition test set (`obama.jpg`, `biden.jpg`, …).
 pub fn person_photo(name: &str) -> Vec<u8> {
     let path = assets().join("face_recognition/test_images").join(name);
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}; run scripts/fetch-assets.sh", path.display()))
+    std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}; run scripts/fetch-assets.sh", path.display()))
 }
 
 /// Bytes of a face-api group photo (`sample1.jpg` …).
 pub fn group_photo(name: &str) -> Vec<u8> {
     let path = model_dir().join("demo").join(name);
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}; run scripts/fetch-assets.sh", path.display()))
+    std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}; run scripts/fetch-assets.sh", path.display()))
 }
 
 /// Base URL of the PostgreSQL server tests create databases on.
 fn postgres_base() -> String {
-    std::env::var("ROLLCALL_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+    std::env::var("ROLLCALL_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
 
 async fn fresh_database(db: Db, tmp: &tempfile::TempDir) -> String {
@@ -65,7 +70,10 @@ async fn fresh_database(db: Db, tmp: &tempfile::TempDir) -> String {
             let mut conn = sqlx::PgConnection::connect(&format!("{}/postgres", postgres_base()))
                 .await
                 .expect("PostgreSQL must run at 127.0.0.1:5432 (scripts/test.sh starts it)");
-            sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create test database");
+            sqlx::query(&format!("CREATE DATABASE {name}"))
+                .execute(&mut conn)
+                .await
+                .expect("create test database");
             format!("{}/{name}", postgres_base())
         }
     }
@@ -85,7 +93,10 @@ pub fn settings(tmp: &tempfile::TempDir) -> ServeSettings {
         queue_capacity: 64,
         detector: DetectorArg::Ssd,
         min_confidence: 0.5,
-        admin_key: Some(format!("rc_test_admin_{:016x}", rand::thread_rng().gen::<u64>())),
+        admin_key: Some(format!(
+            "rc_test_admin_{:016x}",
+            rand::thread_rng().gen::<u64>()
+        )),
     }
 }
 
@@ -100,13 +111,20 @@ pub async fn spawn_with(db: Db, tweak: impl FnOnce(&mut ServeSettings)) -> TestA
     let mut s = settings(&tmp);
     tweak(&mut s);
     let database_url = fresh_database(db, &tmp).await;
-    let common = CommonSettings { database_url: database_url.clone(), model_dir: model_dir() };
+    let common = CommonSettings {
+        database_url: database_url.clone(),
+        model_dir: model_dir(),
+    };
     let admin_key = s.admin_key.clone().unwrap();
-    let (store, _) = app::open_store(&common, Some(&admin_key)).await.expect("open store");
+    let (store, _) = app::open_store(&common, Some(&admin_key))
+        .await
+        .expect("open store");
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let photos_dir = PathBuf::from(&s.storage_url);
-    let state = app::build_state(&common, s, store).await.expect("build state (models fetched?)");
+    let state = app::build_state(&common, s, store)
+        .await
+        .expect("build state (models fetched?)");
     tokio::spawn(app::serve(state, listener).unwrap());
     TestApp {
         base: format!("http://127.0.0.1:{port}"),
@@ -128,7 +146,9 @@ impl TestApp {
     }
 
     pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
-        self.client.post(self.url(path)).bearer_auth(&self.admin_key)
+        self.client
+            .post(self.url(path))
+            .bearer_auth(&self.admin_key)
     }
 
     /// Creates a user and returns its id.
@@ -140,21 +160,34 @@ impl TestApp {
             .await
             .unwrap();
         assert_eq!(res.status(), 201);
-        res.json::<serde_json::Value>().await.unwrap()["id"].as_i64().unwrap()
+        res.json::<serde_json::Value>().await.unwrap()["id"]
+            .as_i64()
+            .unwrap()
     }
 
     /// Posts photos to `/users/{id}/faces`.
     pub async fn enroll(&self, user: i64, photos: &[Vec<u8>]) -> reqwest::Response {
         let mut form = reqwest::multipart::Form::new();
         for (i, p) in photos.iter().enumerate() {
-            form = form.part("photo", reqwest::multipart::Part::bytes(p.clone()).file_name(format!("p{i}.jpg")));
+            form = form.part(
+                "photo",
+                reqwest::multipart::Part::bytes(p.clone()).file_name(format!("p{i}.jpg")),
+            );
         }
-        self.post(&format!("/api/v1/users/{user}/faces")).multipart(form).send().await.unwrap()
+        self.post(&format!("/api/v1/users/{user}/faces"))
+            .multipart(form)
+            .send()
+            .await
+            .unwrap()
     }
 
     /// Posts a raw image to `/recognize`.
     pub async fn recognize(&self, image: Vec<u8>, camera: &str) -> reqwest::Response {
-        self.post(&format!("/api/v1/recognize?camera_id={camera}")).body(image).send().await.unwrap()
+        self.post(&format!("/api/v1/recognize?camera_id={camera}"))
+            .body(image)
+            .send()
+            .await
+            .unwrap()
     }
 
     /// Files under the photo folder.
@@ -163,7 +196,13 @@ impl TestApp {
             std::fs::read_dir(dir)
                 .map(|rd| {
                     rd.filter_map(Result::ok)
-                        .map(|e| if e.path().is_dir() { count(&e.path()) } else { 1 })
+                        .map(|e| {
+                            if e.path().is_dir() {
+                                count(&e.path())
+                            } else {
+                                1
+                            }
+                        })
                         .sum()
                 })
                 .unwrap_or(0)
