@@ -183,6 +183,11 @@ impl FacePipeline {
         &self.config
     }
 
+    /// Version tag of the embeddings this pipeline produces (depends on the recognition weights).
+    pub fn model_version(&self) -> &'static str {
+        self.config.recognition_weights.model_version()
+    }
+
     /// Finds, aligns and embeds every face of every image; one result list per image.
     pub fn process(&self, images: &[RgbImage]) -> Result<Processed> {
         let mut timings = StageTimings::default();
