@@ -230,28 +230,41 @@ impl ChipTransform {
         ]
     }
 
-    /// Number of 2× pyramid levels dlib goes down before sampling: while the chip's source
-    /// rectangle, halved once more, still has more pixels than the chip.
+    /// Number of `pyramid_down<2>` levels dlib goes down before sampling: how many times
+    /// the chip's source rectangle (`drectangle`, width `r - l + 1`), halved by `rect_down`,
+    /// still has more pixels than the chip.
     fn pyramid_depth(&self) -> u32 {
+        let size = CHIP_SIZE as f64;
+        let mut width = size * self.scale;
         let mut depth = 0;
-        let mut s = self.scale;
-        while s / 2.0 > 1.0 && depth < 16 {
-            s /= 2.0;
+        while depth < 16 {
+            width = (width - 1.0) / 2.0 + 1.0;
+            if width * width <= size * size {
+                break;
+            }
             depth += 1;
         }
         depth
     }
 }
 
+/// dlib's `pyramid_down<2>::point_down`, applied `depth` times.
+fn point_down(mut p: [f64; 2], depth: u32) -> [f64; 2] {
+    for _ in 0..depth {
+        p = [p[0] / 2.0 - 1.25, p[1] / 2.0 - 0.75];
+    }
+    p
+}
+
 /// The 150×150 face chip dlib's `get_face_chip_details(shape, 150, 0.25)` +
 /// `extract_image_chip` produce: a similarity fit of landmarks 27..=67 (dlib skips eyebrows and
 /// lower lip) to dlib's mean face, rotation corrected, bilinear sampling, zero outside the
-/// image.
+/// image, each value truncated to an integer as dlib's `rgb_pixel` chip stores it.
 ///
-/// Where the face is more than twice the chip's resolution, dlib first walks down a
-/// `pyramid_down<2>` image pyramid (5-tap Gaussian) until the remaining ratio is at most 2; this
-/// implementation builds the same number of levels with 2×2 area averaging instead, then
-/// samples bilinearly.
+/// Where the face is more than twice the chip's resolution, dlib first crops the chip's
+/// (grown) bounding box and walks down a `pyramid_down<2>` image pyramid (separable 5-tap
+/// `[1 4 6 4 1]` filter, every other pixel, integer pixels) with its `point_down` geometry;
+/// this reproduces it step by step.
 ///
 /// # Panics
 /// If `landmarks` holds fewer than 68 points.
@@ -260,63 +273,74 @@ pub fn dlib_chip(image: &FloatImage, landmarks: &[[f32; 2]]) -> FloatImage {
     let depth = tform.pyramid_depth();
     let mut chip = FloatImage::zeros(CHIP_SIZE, CHIP_SIZE);
     let last = (CHIP_SIZE - 1) as f64;
-    // The image region the chip reads, grown so pyramid filtering sees no crop border.
+    // extract_image_chips: the rotated chip rectangle, grown by 2, 6, 14, ... pixels with the
+    // pyramid depth, clipped to the image and rounded to an integer rectangle.
     let corners =
         [(0.0, 0.0), (last, 0.0), (0.0, last), (last, last)].map(|(c, r)| tform.to_image(c, r));
-    let grow = f64::from(1u32 << (depth + 1)) + 2.0;
-    let lo = |k: usize, lim: usize| {
-        let v = corners.iter().map(|p| p[k]).fold(f64::INFINITY, f64::min) - grow;
-        (v.floor().max(0.0) as usize).min(lim)
-    };
-    let hi = |k: usize, lim: usize| {
-        let v = corners
+    let grow = (0..depth).fold(2.0, |g, _| g * 2.0 + 2.0);
+    let extent = |k: usize, lim: usize| {
+        let lo = corners.iter().map(|p| p[k]).fold(f64::INFINITY, f64::min) - grow;
+        let hi = corners
             .iter()
             .map(|p| p[k])
             .fold(f64::NEG_INFINITY, f64::max)
             + grow;
-        (v.ceil().max(0.0) as usize + 1).min(lim)
+        let (lo, hi) = (lo.max(0.0).round(), hi.min(lim as f64 - 1.0).round());
+        (lo as usize, (hi - lo + 1.0).max(0.0) as usize)
     };
-    let (x0, y0) = (lo(0, image.width), lo(1, image.height));
-    let (x1, y1) = (hi(0, image.width), hi(1, image.height));
-    if x1 <= x0 || y1 <= y0 {
+    let ((x0, w), (y0, h)) = (extent(0, image.width), extent(1, image.height));
+    if w == 0 || h == 0 {
         return chip;
     }
-    let mut level = image.crop(x0, y0, x1 - x0, y1 - y0);
-    let mut factor = 1.0;
+    let mut level = image.crop(x0, y0, w, h);
     for _ in 0..depth {
-        if level.width < 2 || level.height < 2 {
-            break;
-        }
-        level = half_size(&level);
-        factor *= 2.0;
+        level = pyramid_down(&level);
     }
     for row in 0..CHIP_SIZE {
         for col in 0..CHIP_SIZE {
             let p = tform.to_image(col as f64, row as f64);
-            // Centre of level pixel i covers source pixels [i·f, (i+1)·f): x_level = (x + ½)/f − ½.
-            let lx = (p[0] - x0 as f64 + 0.5) / factor - 0.5;
-            let ly = (p[1] - y0 as f64 + 0.5) / factor - 0.5;
-            if let Some(rgb) = bilinear(&level, lx, ly) {
+            let q = point_down([p[0] - x0 as f64, p[1] - y0 as f64], depth);
+            if let Some(rgb) = bilinear(&level, q[0], q[1]) {
                 let at = (row * CHIP_SIZE + col) * 3;
-                chip.data[at..at + 3].copy_from_slice(&rgb);
+                chip.data[at..at + 3].copy_from_slice(&rgb.map(f32::trunc));
             }
         }
     }
     chip
 }
 
-/// 2×2 area average (odd last row/column dropped).
-fn half_size(img: &FloatImage) -> FloatImage {
-    let (w, h) = (img.width / 2, img.height / 2);
+/// dlib's `pyramid_down<2>` on an RGB image of integer values: rows filtered with
+/// `[1 4 6 4 1]` at every other column, then columns likewise at every other row, the sum
+/// divided by 256 and truncated. `(h - 3) / 2` × `(w - 3) / 2` pixels; empty when either side
+/// is at most 8.
+fn pyramid_down(img: &FloatImage) -> FloatImage {
+    if img.width <= 8 || img.height <= 8 {
+        return FloatImage::zeros(0, 0);
+    }
+    const TAPS: [f32; 5] = [1.0, 4.0, 6.0, 4.0, 1.0];
+    let (w, h) = ((img.width - 3) / 2, (img.height - 3) / 2);
+    let mut rows = vec![0.0f32; img.height * w * 3];
+    for y in 0..img.height {
+        for x in 0..w {
+            for c in 0..3 {
+                rows[(y * w + x) * 3 + c] = TAPS
+                    .iter()
+                    .enumerate()
+                    .map(|(k, t)| t * img.at(2 * x + k, y, c))
+                    .sum();
+            }
+        }
+    }
     let mut out = FloatImage::zeros(w, h);
     for y in 0..h {
         for x in 0..w {
             for c in 0..3 {
-                let s = img.at(2 * x, 2 * y, c)
-                    + img.at(2 * x + 1, 2 * y, c)
-                    + img.at(2 * x, 2 * y + 1, c)
-                    + img.at(2 * x + 1, 2 * y + 1, c);
-                out.data[(y * w + x) * 3 + c] = s * 0.25;
+                let sum: f32 = TAPS
+                    .iter()
+                    .enumerate()
+                    .map(|(k, t)| t * rows[((2 * y + k) * w + x) * 3 + c])
+                    .sum();
+                out.data[(y * w + x) * 3 + c] = (sum / 256.0).floor();
             }
         }
     }
@@ -330,14 +354,14 @@ fn bilinear(img: &FloatImage, x: f64, y: f64) -> Option<[f32; 3]> {
         return None;
     }
     let (l, t) = (left as usize, top as usize);
-    let (fx, fy) = ((x - left) as f32, (y - top) as f32);
+    let (fx, fy) = (x - left, y - top);
     let mut out = [0.0; 3];
     for (c, v) in out.iter_mut().enumerate() {
-        let tl = img.at(l, t, c);
-        let tr = img.at(l + 1, t, c);
-        let bl = img.at(l, t + 1, c);
-        let br = img.at(l + 1, t + 1, c);
-        *v = (1.0 - fy) * ((1.0 - fx) * tl + fx * tr) + fy * ((1.0 - fx) * bl + fx * br);
+        let tl = f64::from(img.at(l, t, c));
+        let tr = f64::from(img.at(l + 1, t, c));
+        let bl = f64::from(img.at(l, t + 1, c));
+        let br = f64::from(img.at(l + 1, t + 1, c));
+        *v = ((1.0 - fy) * ((1.0 - fx) * tl + fx * tr) + fy * ((1.0 - fx) * bl + fx * br)) as f32;
     }
     Some(out)
 }
@@ -586,9 +610,10 @@ mod tests {
     fn identity_chip_samples_half_a_pixel_in_and_zero_fills_outside() {
         let img = ramp(150, 150);
         let chip = dlib_chip(&img, &template_landmarks(|p| p));
-        // Chip pixel (c, r) samples image point (c + 0.5, r + 0.5); the ramp is linear.
-        assert!((chip.at(10, 20, 1) - (10.5 + 2.0 * 20.5 + 1.0)).abs() < 1e-3);
-        assert!((chip.at(100, 3, 0) - (100.5 + 2.0 * 3.5)).abs() < 1e-3);
+        // Chip pixel (c, r) samples image point (c + 0.5, r + 0.5); the ramp is linear; dlib
+        // truncates to an integer.
+        assert_eq!(chip.at(10, 20, 1), (10.5f32 + 2.0 * 20.5 + 1.0).trunc());
+        assert_eq!(chip.at(100, 3, 0), (100.5f32 + 2.0 * 3.5).trunc());
         // The last column/row would need pixel 150: outside, zero-filled as dlib does.
         assert_eq!(chip.at(149, 10, 0), 0.0);
         assert_eq!(chip.at(10, 149, 2), 0.0);
@@ -596,8 +621,9 @@ mod tests {
 
     #[test]
     fn large_faces_go_down_the_pyramid_and_keep_their_content() {
-        // Face 3.6x the chip's resolution: one 2x level, then bilinear at 1.8x; a linear ramp
-        // survives area averaging exactly, so the chip samples it at the mapped point.
+        // Face 3.6x the chip's resolution: one 2x level, then bilinear at 1.8x. The symmetric
+        // [1 4 6 4 1] filter keeps a linear ramp; dlib's point_down offsets (1.25, 0.75) sample
+        // the level at image point (x - 0.5, y + 0.5), i.e. ramp + 0.5; truncation loses < 1.
         let (scale, shift) = (3.6, [20.0, 30.0]);
         let lm = template_landmarks(|p| rotate_scale(p, 0.0, scale, shift));
         let t = ChipTransform::from_landmarks(&lm);
@@ -606,9 +632,9 @@ mod tests {
         let chip = dlib_chip(&img, &lm);
         for (c, r) in [(30, 40), (75, 75), (120, 110)] {
             let p = t.to_image(c as f64, r as f64);
-            let want = (p[0] + 2.0 * p[1]) as f32;
+            let want = (p[0] + 2.0 * p[1] + 0.5) as f32;
             assert!(
-                (chip.at(c, r, 0) - want).abs() < 1e-2,
+                (chip.at(c, r, 0) - want).abs() <= 1.0,
                 "{} vs {want}",
                 chip.at(c, r, 0)
             );

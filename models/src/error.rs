@@ -21,6 +21,24 @@ pub enum ModelError {
         /// What is wrong with it.
         message: String,
     },
+    /// A dlib weight file ends before the network it serialises does.
+    #[error("dlib weight file {path} is truncated: its data ends at byte {offset}")]
+    TruncatedWeights {
+        /// The weight file.
+        path: PathBuf,
+        /// Byte offset at which more data was needed.
+        offset: usize,
+    },
+    /// A file is not dlib's serialisation of the network being loaded.
+    #[error("{path} is not dlib's face recognition ResNet (at byte {offset}): {message}")]
+    ForeignWeights {
+        /// The weight file.
+        path: PathBuf,
+        /// Byte offset of the first unexpected value.
+        offset: usize,
+        /// What was expected there.
+        message: String,
+    },
     /// A tensor the network needs is not in the weight file.
     #[error("tensor `{name}` is missing from the weights")]
     MissingTensor {

@@ -4,6 +4,7 @@
 
 pub mod align;
 pub mod detection;
+pub mod dlib_weights;
 pub mod error;
 pub mod image_io;
 pub mod landmarks;

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::align::{assess, dlib_chip, Quality};
 use crate::detection::Detection;
+use crate::dlib_weights::{load_dlib_resnet, DLIB_RESNET_FILE};
 use crate::error::Result;
 use crate::landmarks::{FaceLandmark68Net, Landmarks68};
 use crate::preprocess::FloatImage;
@@ -35,6 +36,45 @@ pub enum DetectorKind {
     Tiny,
 }
 
+/// Which weights the recognition network runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecognitionWeights {
+    /// face-api's uint8-quantised TF.js weights (`model/face_recognition_model*`).
+    FaceApi,
+    /// dlib's float32 original, `dlib_face_recognition_resnet_model_v1.dat`, found in
+    /// `<model_dir>/dlib/` or `<model_dir>/../dlib/` (where `scripts/fetch-assets.sh` puts it).
+    Dlib,
+}
+
+impl RecognitionWeights {
+    /// Version tag of the embeddings these weights produce.
+    pub fn model_version(self) -> &'static str {
+        match self {
+            RecognitionWeights::FaceApi => MODEL_VERSION,
+            RecognitionWeights::Dlib => "dlib-resnet-v1-f32/resnet128/dlib-chip",
+        }
+    }
+
+    fn load(self, model_dir: &Path, device: &Device) -> Result<FaceRecognitionNet> {
+        let weights = match self {
+            RecognitionWeights::FaceApi => {
+                WeightMap::load(&model_dir.join("model"), FaceRecognitionNet::MODEL, device)?
+            }
+            RecognitionWeights::Dlib => {
+                let beside = model_dir.join("dlib").join(DLIB_RESNET_FILE);
+                let path = if beside.exists() {
+                    beside
+                } else {
+                    model_dir.join("../dlib").join(DLIB_RESNET_FILE)
+                };
+                load_dlib_resnet(&path, device)?
+            }
+        };
+        FaceRecognitionNet::load(&weights)
+    }
+}
+
 /// Settings of the pipeline.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PipelineConfig {
@@ -46,6 +86,8 @@ pub struct PipelineConfig {
     pub max_faces: usize,
     /// Input side of the tiny detector (a multiple of 32).
     pub tiny_input_size: usize,
+    /// Weights of the recognition network.
+    pub recognition_weights: RecognitionWeights,
 }
 
 impl Default for PipelineConfig {
@@ -55,6 +97,7 @@ impl Default for PipelineConfig {
             min_confidence: 0.5,
             max_faces: 100,
             tiny_input_size: 416,
+            recognition_weights: RecognitionWeights::Dlib,
         }
     }
 }
@@ -108,7 +151,8 @@ enum Detector {
 }
 
 impl FacePipeline {
-    /// Loads the networks from `model_dir/model/` (the folder `scripts/fetch-assets.sh` fills).
+    /// Loads the networks from `model_dir/model/` (the folder `scripts/fetch-assets.sh` fills),
+    /// and dlib's recognition weights from `model_dir/../dlib/` when configured.
     pub fn load(model_dir: &Path, device: &Device, config: PipelineConfig) -> Result<Self> {
         let dir = model_dir.join("model");
         let detector = match config.detector {
@@ -125,8 +169,7 @@ impl FacePipeline {
         };
         let landmarks =
             FaceLandmark68Net::load(&WeightMap::load(&dir, FaceLandmark68Net::MODEL, device)?)?;
-        let recognition =
-            FaceRecognitionNet::load(&WeightMap::load(&dir, FaceRecognitionNet::MODEL, device)?)?;
+        let recognition = config.recognition_weights.load(model_dir, device)?;
         Ok(Self {
             detector,
             landmarks,
@@ -138,6 +181,11 @@ impl FacePipeline {
     /// The settings this pipeline runs with.
     pub fn config(&self) -> &PipelineConfig {
         &self.config
+    }
+
+    /// Version tag of the embeddings this pipeline produces (depends on the recognition weights).
+    pub fn model_version(&self) -> &'static str {
+        self.config.recognition_weights.model_version()
     }
 
     /// Finds, aligns and embeds every face of every image; one result list per image.

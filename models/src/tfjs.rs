@@ -68,6 +68,12 @@ impl WeightMap {
         Ok(Self { tensors })
     }
 
+    /// A map of tensors already in the TF.js layout and naming, e.g. converted from another
+    /// framework's weight file.
+    pub fn from_tensors(tensors: HashMap<String, Tensor>) -> Self {
+        Self { tensors }
+    }
+
     /// The tensor `name`, checked to have exactly `shape`.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let tensor = self
