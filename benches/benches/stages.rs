@@ -31,8 +31,8 @@ fn stages(c: &mut Criterion) {
     let dets = ssd.detect(&refs, 0.5, 100).unwrap();
     let faces: Vec<(&FloatImage, _)> = dets
         .iter()
-        .enumerate()
-        .flat_map(|(i, d)| d.iter().map(move |d| (&frames[i], d.bbox)))
+        .zip(&frames)
+        .flat_map(|(d, frame)| d.iter().map(move |d| (frame, d.bbox)))
         .collect();
     let lms = marks.detect(&faces).unwrap();
     let chips: Vec<FloatImage> = faces
@@ -70,7 +70,11 @@ fn stages(c: &mut Criterion) {
             .map(|&i| (faces[i].0, lms[i].points.as_slice()))
             .collect();
         g.bench_with_input(BenchmarkId::new("align", batch), &align_in, |b, x| {
-            b.iter(|| x.iter().map(|(img, pts)| dlib_chip(img, pts)).count())
+            b.iter(|| {
+                x.iter()
+                    .map(|(img, pts)| dlib_chip(img, pts))
+                    .collect::<Vec<_>>()
+            })
         });
         let chip_in: Vec<&FloatImage> = idx.iter().map(|&i| &chips[i]).collect();
         g.bench_with_input(BenchmarkId::new("embed", batch), &chip_in, |b, x| {

@@ -19,12 +19,10 @@ use crate::ssd_mobilenet::SsdMobilenetV1;
 use crate::tfjs::WeightMap;
 use crate::tiny_face_detector::TinyFaceDetector;
 
-/// Version tag stored with every embedding, so a model change can be detected.
-pub const MODEL_VERSION: &str = "face-api-1.7.15/resnet128/dlib-chip";
-
 /// Default minimum cosine similarity of two embeddings to call them the same person
-/// (calibrated on the face_recognition and face-api test photos; see the README's Accuracy section).
-pub const DEFAULT_MATCH_THRESHOLD: f32 = 0.92;
+/// with dlib's float32 weights and dlib chips, calibrated on the face_recognition and face-api
+/// test photos (see the README's Accuracy section).
+pub const DEFAULT_MATCH_THRESHOLD: f32 = 0.94;
 
 /// Which face detector runs first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,7 +49,7 @@ impl RecognitionWeights {
     /// Version tag of the embeddings these weights produce.
     pub fn model_version(self) -> &'static str {
         match self {
-            RecognitionWeights::FaceApi => MODEL_VERSION,
+            RecognitionWeights::FaceApi => "face-api-1.7.15-u8/resnet128/dlib-chip",
             RecognitionWeights::Dlib => "dlib-resnet-v1-f32/resnet128/dlib-chip",
         }
     }

@@ -32,6 +32,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Serve settings.
     pub settings: ServeSettings,
+    /// Version tag of the embeddings the pipeline produces.
+    pub model_version: &'static str,
 }
 
 /// Errors while starting the server.
@@ -106,6 +108,7 @@ pub async fn build_state(
         ..PipelineConfig::default()
     };
     let pipeline = Arc::new(load_pipeline(common, config)?);
+    let model_version = pipeline.model_version();
     let started = Instant::now();
     let index: Arc<dyn FaceIndex> = Arc::new(ExactIndex::new());
     let embeddings = store.active_embeddings().await?;
@@ -134,6 +137,7 @@ pub async fn build_state(
         queue,
         metrics,
         settings,
+        model_version,
     })
 }
 

@@ -16,12 +16,21 @@ fn eval_reports_accuracy_on_real_photos() {
         std::fs::copy(&src, d.join(src.file_name().unwrap())).unwrap();
     };
     let people = common::assets().join("face_recognition/test_images");
-    for name in ["obama.jpg", "obama2.jpg", "obama3.jpg", "obama_partial_face.jpg", "obama_partial_face2.jpg"] {
+    for name in [
+        "obama.jpg",
+        "obama2.jpg",
+        "obama3.jpg",
+        "obama_partial_face.jpg",
+        "obama_partial_face2.jpg",
+    ] {
         link("obama", people.join(name));
     }
     link("biden", people.join("biden.jpg"));
     for i in 1..=6 {
-        link("_unknown", common::model_dir().join(format!("demo/sample{i}.jpg")));
+        link(
+            "_unknown",
+            common::model_dir().join(format!("demo/sample{i}.jpg")),
+        );
     }
 
     let out = Command::new(env!("CARGO_BIN_EXE_rollcall"))
@@ -31,7 +40,11 @@ fn eval_reports_accuracy_on_real_photos() {
         .env_remove("ROLLCALL_MATCH_THRESHOLD")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     // 4 probes of obama plus every face of the 6 group photos (22).
     assert!(report["probes"].as_u64().unwrap() >= 24, "{report}");
@@ -39,7 +52,10 @@ fn eval_reports_accuracy_on_real_photos() {
     assert_eq!(report["false_accepts"], 0, "{report}");
     assert_eq!(report["false_rejects"], 0, "{report}");
     assert_eq!(report["accuracy"], 1.0);
-    assert_eq!(report["threshold"].as_f64().unwrap() as f32, rollcall_server::DEFAULT_MATCH_THRESHOLD);
+    assert_eq!(
+        report["threshold"].as_f64().unwrap() as f32,
+        rollcall_server::DEFAULT_MATCH_THRESHOLD
+    );
     let best = report["best_threshold"].as_f64().unwrap();
     assert!((0.85..0.97).contains(&best), "best threshold {best}");
     assert!(report["images_per_s"].as_f64().unwrap() > 0.0);
@@ -51,5 +67,8 @@ fn eval_reports_accuracy_on_real_photos() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&table.stdout);
-    assert!(text.contains("obama/obama2.jpg") && text.contains("accuracy 1.000"), "{text}");
+    assert!(
+        text.contains("obama/obama2.jpg") && text.contains("accuracy 1.000"),
+        "{text}"
+    );
 }

@@ -3,7 +3,7 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use rand::Rng;
-use rollcall_models::pipeline::{Face, MODEL_VERSION};
+use rollcall_models::pipeline::Face;
 use serde::{Deserialize, Deserializer};
 use serde_json::json;
 
@@ -316,7 +316,7 @@ pub async fn enroll(
         new_faces.push(NewFace {
             user_id: user.id,
             embedding: face.embedding.clone(),
-            model_version: MODEL_VERSION.into(),
+            model_version: state.model_version.into(),
             photo_key,
             quality: face.quality.score,
             bbox: face.detection.bbox,
