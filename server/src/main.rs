@@ -44,6 +44,16 @@ enum Command {
         /// Face detector.
         #[arg(long, value_enum, default_value_t = DetectorArg::Ssd)]
         detector: DetectorArg,
+        /// Pairs mode: genuine/impostor distributions, error rates per threshold, and the
+        /// threshold reaching `--target-fmr`.
+        #[arg(long)]
+        pairs: bool,
+        /// False match rate the pairs mode finds a threshold for.
+        #[arg(long, default_value_t = 0.001)]
+        target_fmr: f64,
+        /// Pairs mode: also write an SVG plot of the error rates to this file.
+        #[arg(long)]
+        svg: Option<PathBuf>,
     },
 }
 
@@ -90,17 +100,31 @@ async fn main() -> anyhow::Result<()> {
             json,
             threshold,
             detector,
+            pairs,
+            target_fmr,
+            svg,
         } => {
             let config = PipelineConfig {
                 detector: detector.into(),
                 ..PipelineConfig::default()
             };
             let pipeline = app::load_pipeline(&cli.common, config)?;
-            let report = eval::evaluate(&pipeline, &dir, threshold)?;
+            let data = eval::Dataset::load(&pipeline, &dir)?;
+            let (report, table) = if pairs {
+                let report = eval::pairs::evaluate_pairs(&data, target_fmr);
+                if let Some(path) = svg {
+                    std::fs::write(&path, report.svg())
+                        .with_context(|| format!("writing {}", path.display()))?;
+                }
+                (serde_json::to_value(&report)?, report.table())
+            } else {
+                let report = eval::evaluate(&data, threshold);
+                (serde_json::to_value(&report)?, report.table())
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                print!("{}", report.table());
+                print!("{table}");
             }
             Ok(())
         }

@@ -72,3 +72,57 @@ fn eval_reports_accuracy_on_real_photos() {
         "{text}"
     );
 }
+
+#[test]
+fn eval_pairs_mode_reports_rates_and_a_threshold() {
+    let dir = tempfile::tempdir().unwrap();
+    let people = common::assets().join("face_recognition/test_images");
+    for (person, names) in [
+        ("obama", &["obama.jpg", "obama2.jpg", "obama3.jpg"][..]),
+        ("biden", &["biden.jpg"][..]),
+    ] {
+        let d = dir.path().join(person);
+        std::fs::create_dir_all(&d).unwrap();
+        for n in names {
+            std::fs::copy(people.join(n), d.join(n)).unwrap();
+        }
+    }
+    let unknown = dir.path().join("_unknown");
+    std::fs::create_dir_all(&unknown).unwrap();
+    std::fs::copy(
+        common::model_dir().join("demo/sample1.jpg"),
+        unknown.join("sample1.jpg"),
+    )
+    .unwrap();
+    let svg = dir.path().join("roc.svg");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_rollcall"))
+        .args(["eval", "--pairs", "--json", "--target-fmr", "0.01", "--svg"])
+        .arg(&svg)
+        .arg(dir.path())
+        .env("ROLLCALL_MODEL_DIR", common::model_dir())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // 3 obama photos: 3 genuine pairs; identities: obama, biden, 3 strangers of sample1.
+    assert_eq!(report["genuine"]["pairs"], 3, "{report}");
+    assert!(
+        report["impostor"]["pairs"].as_u64().unwrap() >= 3 * 4 + 3,
+        "{report}"
+    );
+    assert!(
+        report["genuine"]["min"].as_f64().unwrap() > report["impostor"]["max"].as_f64().unwrap()
+    );
+    let chosen = &report["threshold_for_target"];
+    assert!(chosen["false_match_rate"].as_f64().unwrap() <= 0.01);
+    assert_eq!(chosen["false_non_match_rate"], 0.0, "{report}");
+    let plot = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        plot.starts_with("<svg") && plot.contains("false match rate") && plot.contains("<polyline")
+    );
+}

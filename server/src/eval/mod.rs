@@ -9,6 +9,8 @@ use rollcall_models::image_io::{decode_rgb, DEFAULT_MAX_PIXELS};
 use rollcall_models::pipeline::{similarity, Face, FacePipeline};
 use serde::Serialize;
 
+pub mod pairs;
+
 /// Errors of an evaluation run.
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
@@ -89,85 +91,124 @@ fn largest(faces: &[Face]) -> Option<&Face> {
         .max_by(|a, b| a.detection.bbox.area().total_cmp(&b.detection.bbox.area()))
 }
 
-/// Runs the evaluation at `threshold`.
-pub fn evaluate(
-    pipeline: &FacePipeline,
-    dir: &Path,
-    threshold: f32,
-) -> Result<EvalReport, EvalError> {
-    let mut people: Vec<(String, Vec<PathBuf>)> = Vec::new();
-    let mut strangers: Vec<PathBuf> = Vec::new();
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| EvalError::Io(dir.to_owned(), e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_dir())
-        .collect();
-    entries.sort();
-    for folder in entries {
-        let name = folder
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let images = images_in(&folder)?;
-        if name == UNKNOWN_DIR {
-            strangers = images;
-        } else if !images.is_empty() {
-            people.push((name, images));
-        }
-    }
-    if people.is_empty() {
-        return Err(EvalError::Empty(dir.to_owned()));
-    }
+/// The images of a folder of identities, with the faces the pipeline found in each.
+pub struct Dataset {
+    /// The folder.
+    pub dir: PathBuf,
+    /// Each person's images in name order, with the faces of each image.
+    pub people: Vec<(String, Vec<(PathBuf, Vec<Face>)>)>,
+    /// Images of `DIR/_unknown/`, with their faces.
+    pub strangers: Vec<(PathBuf, Vec<Face>)>,
+    /// All images, decode to embedding, per second.
+    pub images_per_s: f64,
+}
 
-    let all: Vec<&PathBuf> = people
-        .iter()
-        .flat_map(|(_, imgs)| imgs.iter())
-        .chain(strangers.iter())
-        .collect();
-    let started = Instant::now();
-    let mut faces: Vec<Vec<Face>> = Vec::with_capacity(all.len());
-    for chunk in all.chunks(BATCH) {
-        let mut images = Vec::with_capacity(chunk.len());
-        for path in chunk {
-            let bytes = std::fs::read(path).map_err(|e| EvalError::Io((*path).clone(), e))?;
-            images.push(
-                decode_rgb(&bytes, DEFAULT_MAX_PIXELS)
-                    .map_err(|e| EvalError::Model((*path).clone(), e))?,
+impl Dataset {
+    /// Reads `dir` and runs every image through `pipeline`, `BATCH` images at a time.
+    pub fn load(pipeline: &FacePipeline, dir: &Path) -> Result<Self, EvalError> {
+        let mut people: Vec<(String, Vec<PathBuf>)> = Vec::new();
+        let mut strangers: Vec<PathBuf> = Vec::new();
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| EvalError::Io(dir.to_owned(), e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_dir())
+            .collect();
+        entries.sort();
+        for folder in entries {
+            let name = folder
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let images = images_in(&folder)?;
+            if name == UNKNOWN_DIR {
+                strangers = images;
+            } else if !images.is_empty() {
+                people.push((name, images));
+            }
+        }
+        if people.is_empty() {
+            return Err(EvalError::Empty(dir.to_owned()));
+        }
+        let all: Vec<&PathBuf> = people
+            .iter()
+            .flat_map(|(_, imgs)| imgs.iter())
+            .chain(strangers.iter())
+            .collect();
+        let started = Instant::now();
+        let mut faces: Vec<Vec<Face>> = Vec::with_capacity(all.len());
+        for chunk in all.chunks(BATCH) {
+            let mut images = Vec::with_capacity(chunk.len());
+            for path in chunk {
+                let bytes = std::fs::read(path).map_err(|e| EvalError::Io((*path).clone(), e))?;
+                images.push(
+                    decode_rgb(&bytes, DEFAULT_MAX_PIXELS)
+                        .map_err(|e| EvalError::Model((*path).clone(), e))?,
+                );
+            }
+            faces.extend(
+                pipeline
+                    .process(&images)
+                    .map_err(|e| EvalError::Model(dir.to_owned(), e))?
+                    .faces,
             );
         }
-        faces.extend(
-            pipeline
-                .process(&images)
-                .map_err(|e| EvalError::Model(dir.to_owned(), e))?
-                .faces,
-        );
+        let images_per_s = all.len() as f64 / started.elapsed().as_secs_f64();
+        let mut faces = faces.into_iter();
+        let mut take = |paths: Vec<PathBuf>| -> Vec<(PathBuf, Vec<Face>)> {
+            paths
+                .into_iter()
+                .map(|p| (p, faces.next().unwrap_or_default()))
+                .collect()
+        };
+        let people = people
+            .into_iter()
+            .map(|(name, paths)| (name, take(paths)))
+            .collect();
+        let strangers = take(strangers);
+        Ok(Self {
+            dir: dir.to_owned(),
+            people,
+            strangers,
+            images_per_s,
+        })
     }
-    let images_per_s = all.len() as f64 / started.elapsed().as_secs_f64();
 
-    let rel = |p: &Path| p.strip_prefix(dir).unwrap_or(p).display().to_string();
+    /// `path` relative to the dataset folder, for display.
+    pub fn relative(&self, path: &Path) -> String {
+        path.strip_prefix(&self.dir)
+            .unwrap_or(path)
+            .display()
+            .to_string()
+    }
+}
+
+/// Identification accuracy at `threshold` (see the module documentation).
+pub fn evaluate(data: &Dataset, threshold: f32) -> EvalReport {
     let mut gallery: Vec<(String, Vec<f32>)> = Vec::new();
     let mut not_enrolled = Vec::new();
     let mut probes: Vec<(String, Option<String>, Vec<f32>)> = Vec::new();
     let mut faceless: Vec<Probe> = Vec::new();
-    let mut cursor = faces.iter();
-    for (person, images) in &people {
-        for (i, path) in images.iter().enumerate() {
-            let found = largest(cursor.next().map(Vec::as_slice).unwrap_or_default());
-            match (i, found) {
+    for (person, images) in &data.people {
+        for (i, (path, faces)) in images.iter().enumerate() {
+            match (i, largest(faces)) {
                 (0, Some(f)) => gallery.push((person.clone(), f.embedding.clone())),
                 (0, None) => not_enrolled.push(person.clone()),
-                (_, Some(f)) => probes.push((rel(path), Some(person.clone()), f.embedding.clone())),
+                (_, Some(f)) => probes.push((
+                    data.relative(path),
+                    Some(person.clone()),
+                    f.embedding.clone(),
+                )),
                 (_, None) => faceless.push(Probe {
-                    image: rel(path),
+                    image: data.relative(path),
                     expected: Some(person.clone()),
                     best: None,
                 }),
             }
         }
     }
-    for path in &strangers {
-        for f in cursor.next().map(Vec::as_slice).unwrap_or_default() {
-            probes.push((rel(path), None, f.embedding.clone()));
+    for (path, faces) in &data.strangers {
+        for f in faces {
+            probes.push((data.relative(path), None, f.embedding.clone()));
         }
     }
 
@@ -189,7 +230,7 @@ pub fn evaluate(
 
     let (accuracy, false_accepts, false_rejects) = score(&details, threshold);
     let (best_threshold, best_accuracy) = sweep(&details);
-    Ok(EvalReport {
+    EvalReport {
         threshold,
         accuracy,
         false_accepts,
@@ -199,9 +240,9 @@ pub fn evaluate(
         not_enrolled,
         best_threshold,
         best_accuracy,
-        images_per_s,
+        images_per_s: data.images_per_s,
         details,
-    })
+    }
 }
 
 /// Accuracy, false accepts and false rejects at `threshold`.
