@@ -1,0 +1,64 @@
+//! The `rollcall` command line: migrations and API-key management on a real SQLite database.
+
+use std::process::{Command, Output};
+
+fn rollcall(db: &str, args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_rollcall"))
+        .args(args)
+        .env("DATABASE_URL", db)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "rollcall {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+#[test]
+fn api_keys_are_created_once_listed_without_secrets_and_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("cli.db").display());
+    let migrated = rollcall(&db, &["migrate"]);
+    assert!(String::from_utf8_lossy(&migrated.stdout).contains("migrations applied"));
+
+    let created = String::from_utf8(
+        rollcall(
+            &db,
+            &[
+                "api-key",
+                "create",
+                "--name",
+                "front desk",
+                "--scopes",
+                "recognize,read",
+            ],
+        )
+        .stdout,
+    )
+    .unwrap();
+    let secret = created.lines().last().unwrap().trim().to_owned();
+    assert!(secret.starts_with("rc_") && secret.len() == 43, "{created}");
+
+    let listed = String::from_utf8(rollcall(&db, &["api-key", "list"]).stdout).unwrap();
+    assert!(
+        listed.contains("front desk")
+            && listed.contains("recognize,read")
+            && listed.contains("active"),
+        "{listed}"
+    );
+    assert!(!listed.contains(&secret), "a secret must never be listed");
+
+    rollcall(&db, &["api-key", "revoke", "1"]);
+    let listed = String::from_utf8(rollcall(&db, &["api-key", "list"]).stdout).unwrap();
+    assert!(listed.contains("revoked"), "{listed}");
+
+    let bad = Command::new(env!("CARGO_BIN_EXE_rollcall"))
+        .args(["api-key", "create", "--name", "x", "--scopes", "root"])
+        .env("DATABASE_URL", &db)
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown scope"));
+}
