@@ -15,8 +15,9 @@ use crate::index::{ExactIndex, FaceIndex};
 use crate::metrics::Metrics;
 use crate::photos::PhotoStore;
 use crate::queue::{QueueConfig, RecognitionQueue};
+use crate::session::SessionKeys;
 use crate::store::Store;
-use crate::{error, routes};
+use crate::{dashboard, error, routes};
 
 /// Everything a request handler needs.
 pub struct AppState {
@@ -32,6 +33,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Serve settings.
     pub settings: ServeSettings,
+    /// Signs dashboard session cookies.
+    pub sessions: SessionKeys,
 }
 
 /// Errors while starting the server.
@@ -99,6 +102,7 @@ pub async fn build_state(
     store: Store,
 ) -> Result<AppState, StartError> {
     let metrics = Arc::new(Metrics::new());
+    let sessions = SessionKeys::load(&store, settings.session_key.as_deref()).await?;
     let photos = PhotoStore::open(&settings.storage_url)?;
     let config = PipelineConfig {
         detector: settings.detector.into(),
@@ -134,6 +138,7 @@ pub async fn build_state(
         queue,
         metrics,
         settings,
+        sessions,
     })
 }
 
@@ -153,6 +158,7 @@ pub fn serve(state: AppState, listener: TcpListener) -> Result<Server, StartErro
             .wrap(actix_web::middleware::from_fn(
                 routes::system::track_metrics,
             ))
+            .configure(dashboard::configure)
             .configure(routes::configure)
     })
     .listen(listener)?

@@ -97,7 +97,7 @@ pub fn summarise(rows: &[AttendanceRecord]) -> Vec<PersonSummary> {
         e.marks += 1;
     }
     let mut out: Vec<_> = by_user.into_values().collect();
-    out.sort_by(|a, b| a.name.to_lowercase().cmp(&b.name.to_lowercase()));
+    out.sort_by_key(|a| a.name.to_lowercase());
     out
 }
 
