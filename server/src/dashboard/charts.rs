@@ -7,8 +7,8 @@ use chrono::{NaiveDate, Timelike};
 use crate::store::AttendanceRecord;
 
 /// Drawing area of a chart, in SVG units.
-const WIDTH: f32 = 640.0;
-const HEIGHT: f32 = 180.0;
+const WIDTH: f32 = 960.0;
+const HEIGHT: f32 = 200.0;
 /// Space under the bars for labels.
 const LABEL_SPACE: f32 = 20.0;
 
