@@ -440,6 +440,23 @@ async fn admin_works_through_the_pages() {
     b.shot("overview").await;
     b.goto(&app.url("/people")).await;
     b.shot("people").await;
+    // A phone-sized window: the layout reflows with no sideways scrolling of the page.
+    b.client.set_window_size(390, 844).await.unwrap();
+    b.goto(&app.url("/")).await;
+    let overflow = b
+        .client
+        .execute(
+            "return document.documentElement.scrollWidth - document.documentElement.clientWidth;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert!(
+        overflow.as_i64().unwrap() <= 0,
+        "page wider than a phone: {overflow}"
+    );
+    b.shot("overview-phone").await;
+    b.client.set_window_size(1280, 1000).await.unwrap();
 
     // Keys: the new secret is shown once and works.
     b.goto(&app.url("/keys")).await;
