@@ -15,8 +15,9 @@ use crate::index::{ExactIndex, FaceIndex};
 use crate::metrics::Metrics;
 use crate::photos::PhotoStore;
 use crate::queue::{QueueConfig, RecognitionQueue};
+use crate::session::SessionKeys;
 use crate::store::Store;
-use crate::{error, routes};
+use crate::{dashboard, error, routes};
 
 /// Everything a request handler needs.
 pub struct AppState {
@@ -34,6 +35,8 @@ pub struct AppState {
     pub settings: ServeSettings,
     /// Version tag of the embeddings the pipeline produces.
     pub model_version: &'static str,
+    /// Signs dashboard session cookies.
+    pub sessions: SessionKeys,
 }
 
 /// Errors while starting the server.
@@ -101,6 +104,7 @@ pub async fn build_state(
     store: Store,
 ) -> Result<AppState, StartError> {
     let metrics = Arc::new(Metrics::new());
+    let sessions = SessionKeys::load(&store, settings.session_key.as_deref()).await?;
     let photos = PhotoStore::open(&settings.storage_url)?;
     let config = PipelineConfig {
         detector: settings.detector.into(),
@@ -138,6 +142,7 @@ pub async fn build_state(
         metrics,
         settings,
         model_version,
+        sessions,
     })
 }
 
@@ -157,6 +162,7 @@ pub fn serve(state: AppState, listener: TcpListener) -> Result<Server, StartErro
             .wrap(actix_web::middleware::from_fn(
                 routes::system::track_metrics,
             ))
+            .configure(dashboard::configure)
             .configure(routes::configure)
     })
     .listen(listener)?

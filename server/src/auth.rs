@@ -5,13 +5,15 @@ use std::fmt;
 use std::str::FromStr;
 
 use actix_web::http::header;
-use actix_web::HttpRequest;
+use actix_web::{web, HttpRequest};
 use rand::distributions::Alphanumeric;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::app::AppState;
 use crate::error::ApiError;
+use crate::session::{tokens_match, CSRF_HEADER};
 use crate::store::{ApiKey, Store, StoreResult};
 
 /// What a key may do. `admin` implies every other scope.
@@ -128,25 +130,69 @@ fn presented_key(req: &HttpRequest) -> Option<&str> {
         .map(str::trim)
 }
 
-/// Authenticates the request's key (`Authorization: Bearer` or `X-API-Key`) and checks `scope`:
-/// 401 without a valid key, 403 when the key lacks the scope.
-pub async fn authorize(req: &HttpRequest, store: &Store, scope: Scope) -> Result<ApiKey, ApiError> {
-    let key = presented_key(req)
-        .filter(|k| !k.is_empty())
-        .ok_or_else(|| {
-            ApiError::Unauthorized(
-                "an API key is required (Authorization: Bearer KEY or X-API-Key)".into(),
-            )
-        })?;
+/// Who made an authorised request: an API key, or an administrator signed in to the dashboard.
+#[derive(Debug, Clone)]
+pub enum Principal {
+    /// An API key.
+    Key(ApiKey),
+    /// A dashboard session (administrators hold every scope).
+    Admin(String),
+}
+
+impl Principal {
+    /// How this principal appears in the audit log.
+    pub fn actor(&self) -> String {
+        match self {
+            Self::Key(key) => key.actor(),
+            Self::Admin(username) => format!("admin:{username}"),
+        }
+    }
+}
+
+/// Authenticates the request and checks `scope`. An API key (`Authorization: Bearer` or
+/// `X-API-Key`) is checked first; without one, a signed dashboard session counts as admin,
+/// and requests that change something must also carry its CSRF token in `X-CSRF-Token`.
+/// 401 without valid credentials, 403 when the key lacks the scope or the CSRF token is wrong.
+pub async fn authorize(
+    req: &HttpRequest,
+    store: &Store,
+    scope: Scope,
+) -> Result<Principal, ApiError> {
+    let Some(key) = presented_key(req).filter(|k| !k.is_empty()) else {
+        return authorize_session(req);
+    };
     let record = store
         .authenticate(&hash_key(key))
         .await?
         .ok_or_else(|| ApiError::Unauthorized("the API key is invalid or revoked".into()))?;
     if record.scopes.contains(&Scope::Admin) || record.scopes.contains(&scope) {
-        Ok(record)
+        Ok(Principal::Key(record))
     } else {
         Err(ApiError::Forbidden(scope.as_str()))
     }
+}
+
+fn authorize_session(req: &HttpRequest) -> Result<Principal, ApiError> {
+    let session = req
+        .app_data::<web::Data<AppState>>()
+        .and_then(|state| state.sessions.session(req))
+        .ok_or_else(|| {
+            ApiError::Unauthorized(
+                "an API key is required (Authorization: Bearer KEY or X-API-Key), or sign in to the dashboard"
+                    .into(),
+            )
+        })?;
+    if !req.method().is_safe() {
+        let token = req
+            .headers()
+            .get(CSRF_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if !tokens_match(token, &session.csrf) {
+            return Err(ApiError::CsrfRejected);
+        }
+    }
+    Ok(Principal::Admin(session.username))
 }
 
 #[cfg(test)]

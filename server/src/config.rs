@@ -92,6 +92,11 @@ pub struct ServeSettings {
     /// The first admin key. When unset and the database has no key, one is generated and printed once.
     #[arg(long, env = "ROLLCALL_ADMIN_KEY", hide_env_values = true)]
     pub admin_key: Option<String>,
+
+    /// Secret that signs dashboard session cookies. When unset, one is generated on first start
+    /// and kept in the database, so every replica shares it.
+    #[arg(long, env = "ROLLCALL_SESSION_KEY", hide_env_values = true)]
+    pub session_key: Option<String>,
 }
 
 impl ServeSettings {

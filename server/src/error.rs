@@ -13,6 +13,9 @@ pub enum ApiError {
     /// The key lacks the scope the route needs.
     #[error("this API key lacks the `{0}` scope")]
     Forbidden(&'static str),
+    /// A signed-in request that changes something lacks the session's CSRF token.
+    #[error("the request lacks a valid CSRF token; reload the page and try again")]
+    CsrfRejected,
     /// The addressed resource does not exist.
     #[error("{0}")]
     NotFound(String),
@@ -50,6 +53,7 @@ impl ApiError {
         match self {
             Self::Unauthorized(_) => "unauthorized",
             Self::Forbidden(_) => "forbidden",
+            Self::CsrfRejected => "csrf_rejected",
             Self::NotFound(_) => "not_found",
             Self::BadRequest(_) => "bad_request",
             Self::PayloadTooLarge(_) => "payload_too_large",
@@ -72,7 +76,7 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Forbidden(_) | Self::CsrfRejected => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,

@@ -3,6 +3,7 @@
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod dashboard;
 pub mod error;
 pub mod eval;
 pub mod index;
@@ -11,6 +12,8 @@ pub mod photos;
 pub mod queue;
 pub mod reports;
 pub mod routes;
+pub mod session;
+pub mod settings;
 pub mod store;
 pub mod upload;
 

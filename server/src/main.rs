@@ -1,5 +1,6 @@
 //! The `rollcall` command line: serve, migrate, manage API keys, evaluate accuracy.
 
+use std::io::IsTerminal;
 use std::net::TcpListener;
 use std::path::PathBuf;
 
@@ -10,6 +11,7 @@ use rollcall_server::app;
 use rollcall_server::auth::{create_key, Scope};
 use rollcall_server::config::{CommonSettings, DetectorArg, ServeSettings};
 use rollcall_server::eval;
+use rollcall_server::session::hash_password;
 use rollcall_server::store::Store;
 
 /// Rollcall: face-recognition attendance.
@@ -31,6 +33,9 @@ enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     ApiKey(KeyCommand),
+    /// Manage dashboard administrators.
+    #[command(subcommand)]
+    Admin(AdminCommand),
     /// Measure recognition accuracy on a folder DIR/<person>/<image> (DIR/_unknown/ holds strangers).
     Eval {
         /// The folder of identities.
@@ -77,6 +82,17 @@ enum KeyCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Create an administrator or change their password; the password is read from standard
+    /// input (one line) or, on a terminal, prompted for twice.
+    SetPassword {
+        /// The administrator's sign-in name.
+        #[arg(long)]
+        username: String,
+    },
+}
+
 #[actix_web::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -95,6 +111,9 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::ApiKey(cmd) => api_key(&cli.common, cmd).await,
+        Command::Admin(AdminCommand::SetPassword { username }) => {
+            set_password(&cli.common, &username).await
+        }
         Command::Eval {
             dir,
             json,
@@ -189,5 +208,30 @@ async fn api_key(common: &CommonSettings, cmd: KeyCommand) -> anyhow::Result<()>
             println!("revoked key {id}");
         }
     }
+    Ok(())
+}
+
+async fn set_password(common: &CommonSettings, username: &str) -> anyhow::Result<()> {
+    let username = username.trim();
+    if username.is_empty() || username.len() > 100 || username.chars().any(char::is_control) {
+        anyhow::bail!("the username must be 1-100 printable characters");
+    }
+    let password = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password(format!("New password for {username}: "))?;
+        let again = rpassword::prompt_password("Repeat it: ")?;
+        if first != again {
+            anyhow::bail!("the passwords differ");
+        }
+        first
+    } else {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        line.trim_end_matches(['\r', '\n']).to_owned()
+    };
+    let hash = hash_password(&password)?;
+    let store = Store::connect(&common.database_url).await?;
+    store.migrate().await?;
+    store.set_admin_password(username, &hash).await?;
+    println!("password set for administrator {username}");
     Ok(())
 }

@@ -847,6 +847,112 @@ impl Store {
         Ok(())
     }
 
+    /// Every department in use, sorted.
+    pub async fn departments(&self) -> StoreResult<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT department FROM users WHERE department IS NOT NULL ORDER BY department",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| r.try_get("department"))
+            .collect::<Result<_, _>>()?)
+    }
+
+    // ---- faces by id ----
+
+    /// The face `id`.
+    pub async fn get_face(&self, id: i64) -> StoreResult<FaceRecord> {
+        let sql = format!("SELECT {FACE_COLS} FROM faces WHERE id = $1");
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| face_row(&r))
+            .transpose()?
+            .ok_or_else(|| StoreError::NotFound(format!("no face with id {id}")))
+    }
+
+    // ---- administrators ----
+
+    /// Sets the password hash of administrator `username`, creating them when new.
+    pub async fn set_admin_password(&self, username: &str, hash: &str) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO admins (username, password_hash, created_at, updated_at) VALUES ($1, $2, $3, $3) \
+             ON CONFLICT (username) DO UPDATE SET password_hash = excluded.password_hash, updated_at = excluded.updated_at",
+        )
+        .bind(username.to_owned())
+        .bind(hash.to_owned())
+        .bind(ms(Utc::now()))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The password hash of administrator `username`, if they exist.
+    pub async fn admin_password_hash(&self, username: &str) -> StoreResult<Option<String>> {
+        let row = sqlx::query("SELECT password_hash FROM admins WHERE username = $1")
+            .bind(username.to_owned())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("password_hash")).transpose()?)
+    }
+
+    // ---- settings ----
+
+    /// Every stored setting as `(name, value)`.
+    pub async fn settings(&self) -> StoreResult<Vec<(String, String)>> {
+        let rows = sqlx::query("SELECT name, value FROM settings ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("name")?, r.try_get("value")?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
+    /// Stores setting `name`, replacing its value.
+    pub async fn put_setting(&self, name: &str, value: &str) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO settings (name, value, updated_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+        )
+        .bind(name.to_owned())
+        .bind(value.to_owned())
+        .bind(ms(Utc::now()))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Removes setting `name` (its default applies again).
+    pub async fn delete_setting(&self, name: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM settings WHERE name = $1")
+            .bind(name.to_owned())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The value of setting `name`, storing `value` first when it is absent; concurrent
+    /// callers (replicas starting together) all get the one value that won.
+    pub async fn setting_or_insert(&self, name: &str, value: &str) -> StoreResult<String> {
+        sqlx::query(
+            "INSERT INTO settings (name, value, updated_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name.to_owned())
+        .bind(value.to_owned())
+        .bind(ms(Utc::now()))
+        .execute(&self.pool)
+        .await?;
+        Ok(sqlx::query("SELECT value FROM settings WHERE name = $1")
+            .bind(name.to_owned())
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("value")?)
+    }
+
     // ---- audit ----
 
     /// Appends an entry to the audit log.

@@ -62,3 +62,28 @@ fn api_keys_are_created_once_listed_without_secrets_and_revoked() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown scope"));
 }
+
+#[tokio::test]
+async fn first_start_creates_one_admin_key() {
+    use rollcall_server::auth::{hash_key, Scope};
+    use rollcall_server::config::CommonSettings;
+    let dir = tempfile::tempdir().unwrap();
+    let common = CommonSettings {
+        database_url: format!("sqlite://{}", dir.path().join("first.db").display()),
+        model_dir: dir.path().to_owned(),
+    };
+    let (store, key) = rollcall_server::app::open_store(&common, None)
+        .await
+        .unwrap();
+    let key = key.expect("an empty database gets an admin key");
+    let record = store
+        .authenticate(&hash_key(&key))
+        .await
+        .unwrap()
+        .expect("the key works");
+    assert_eq!(record.scopes, vec![Scope::Admin]);
+    let (_, again) = rollcall_server::app::open_store(&common, None)
+        .await
+        .unwrap();
+    assert!(again.is_none(), "the key is created and shown only once");
+}

@@ -47,7 +47,29 @@ fn parse_time(field: &str, v: &str, end_of_day: bool) -> Result<DateTime<Utc>, A
 }
 
 impl AttendanceQuery {
-    fn filter(&self) -> Result<AttendanceFilter, ApiError> {
+    /// The filters of the log page's form (empty strings mean no filter).
+    pub fn from_parts(
+        from: &str,
+        to: &str,
+        user_id: Option<i64>,
+        department: &str,
+        camera_id: &str,
+    ) -> Self {
+        let some = |v: &str| Some(v.trim().to_owned()).filter(|v| !v.is_empty());
+        Self {
+            from: some(from),
+            to: some(to),
+            user_id,
+            department: some(department),
+            camera_id: some(camera_id),
+            page: None,
+            per_page: None,
+            format: None,
+        }
+    }
+
+    /// The validated store filter.
+    pub fn filter(&self) -> Result<AttendanceFilter, ApiError> {
         Ok(AttendanceFilter {
             from: self
                 .from

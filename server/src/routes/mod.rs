@@ -3,6 +3,7 @@
 pub mod attendance;
 pub mod keys;
 pub mod recognize;
+pub mod settings;
 pub mod system;
 pub mod users;
 
@@ -24,12 +25,15 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/users/{id}", web::patch().to(users::update))
                 .route("/users/{id}", web::delete().to(users::delete))
                 .route("/users/{id}/faces", web::post().to(users::enroll))
+                .route("/faces/{id}/thumbnail", web::get().to(users::thumbnail))
                 .route("/recognize", web::post().to(recognize::recognize))
                 .route("/attendance", web::get().to(attendance::list))
                 .route("/attendance/export", web::get().to(attendance::export))
                 .route("/api-keys", web::get().to(keys::list))
                 .route("/api-keys", web::post().to(keys::create))
-                .route("/api-keys/{id}", web::delete().to(keys::revoke)),
+                .route("/api-keys/{id}", web::delete().to(keys::revoke))
+                .route("/settings", web::get().to(settings::get))
+                .route("/settings", web::put().to(settings::put)),
         )
         .default_service(web::to(|| async {
             Err::<actix_web::HttpResponse, _>(ApiError::NotFound("no such route".into()))

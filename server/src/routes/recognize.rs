@@ -11,6 +11,7 @@ use crate::app::AppState;
 use crate::auth::{authorize, Scope};
 use crate::error::ApiError;
 use crate::queue::QueueError;
+use crate::settings::RuntimeSettings;
 use crate::store::Sighting;
 use crate::upload::{decode, read_upload};
 
@@ -59,6 +60,7 @@ pub async fn recognize(
 ) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
     authorize(&req, &state.store, Scope::Recognize).await?;
+    let runtime = RuntimeSettings::load(&state.store, &state.settings).await?;
     let upload = read_upload(&req, payload, state.settings.max_upload_bytes).await?;
     let camera_id = label(
         query.camera_id.as_deref().or(upload.field("camera_id")),
@@ -94,7 +96,7 @@ pub async fn recognize(
             .then(|| state.index.search(&face.embedding, 1).into_iter().next())
             .flatten();
         let similarity = hit.map(|h| h.similarity);
-        let matched = hit.filter(|h| h.similarity >= state.settings.match_threshold);
+        let matched = hit.filter(|h| h.similarity >= runtime.match_threshold);
         let outcome = match (face.quality.acceptable, matched) {
             (false, _) => "low_quality",
             (true, Some(_)) => "known",
@@ -115,7 +117,7 @@ pub async fn recognize(
                             bbox: face.detection.bbox,
                             source: source.clone(),
                         },
-                        state.settings.dedupe_window(),
+                        runtime.dedupe_window(),
                     )
                     .await?;
                 (json!(user), json!(marked))

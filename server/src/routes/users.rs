@@ -2,7 +2,9 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
+use image::RgbImage;
 use rand::Rng;
+use rollcall_models::detection::FaceBox;
 use rollcall_models::pipeline::Face;
 use serde::{Deserialize, Deserializer};
 use serde_json::json;
@@ -11,6 +13,7 @@ use crate::app::AppState;
 use crate::auth::{authorize, Scope};
 use crate::error::ApiError;
 use crate::routes::PageQuery;
+use crate::settings::RuntimeSettings;
 use crate::store::{FaceRecord, NewFace, NewUser, UserFilter, UserPatch};
 use crate::upload::{decode, read_upload};
 
@@ -269,6 +272,9 @@ pub async fn enroll(
 ) -> Result<HttpResponse, ApiError> {
     let key = authorize(&req, &state.store, Scope::Enroll).await?;
     let user = state.store.get_user(*id).await?;
+    let threshold = RuntimeSettings::load(&state.store, &state.settings)
+        .await?
+        .match_threshold;
     let upload = read_upload(&req, payload, state.settings.max_upload_bytes).await?;
     let photos: Vec<Bytes> = upload
         .files
@@ -291,7 +297,7 @@ pub async fn enroll(
             .map_err(crate::routes::recognize::queue_error)?;
         let face = enrolment_face(faces, i + 1)?;
         if let Some(hit) = state.index.search(&face.embedding, 1).into_iter().next() {
-            if hit.user_id != user.id && hit.similarity >= state.settings.match_threshold {
+            if hit.user_id != user.id && hit.similarity >= threshold {
                 return Err(ApiError::Conflict(format!(
                     "photo {}: this face is already enrolled for user {} (similarity {:.3})",
                     i + 1,
@@ -352,4 +358,57 @@ async fn erase_photos(state: &AppState, faces: &[NewFace]) {
             tracing::warn!(error = %e, key = f.photo_key, "could not erase the photo of a failed enrolment");
         }
     }
+}
+
+/// Width of a face thumbnail in pixels.
+const THUMBNAIL_SIDE: u32 = 128;
+
+/// `GET /faces/{id}/thumbnail`: the face's enrolment photo cropped to the face (with a margin)
+/// as a small JPEG.
+pub async fn thumbnail(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    id: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &state.store, Scope::Read).await?;
+    let face = state.store.get_face(*id).await?;
+    let bytes = state
+        .photos
+        .get(&face.photo_key)
+        .await
+        .map_err(ApiError::internal)?;
+    let image = decode(bytes, state.settings.max_pixels).await?;
+    let jpeg = web::block(move || crop_face(&image, face.bbox))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    Ok(HttpResponse::Ok()
+        .content_type("image/jpeg")
+        .insert_header((
+            actix_web::http::header::CACHE_CONTROL,
+            "private, max-age=3600",
+        ))
+        .body(jpeg))
+}
+
+/// The square around `face` (40% margin, clipped to the image), scaled to a thumbnail, as JPEG.
+fn crop_face(image: &RgbImage, face: FaceBox) -> Result<Vec<u8>, image::ImageError> {
+    let (iw, ih) = (image.width() as f32, image.height() as f32);
+    let side = face.width.max(face.height) * 1.4;
+    let x0 = (face.x + face.width / 2.0 - side / 2.0).clamp(0.0, iw - 1.0);
+    let y0 = (face.y + face.height / 2.0 - side / 2.0).clamp(0.0, ih - 1.0);
+    let w = side.min(iw - x0).max(1.0);
+    let h = side.min(ih - y0).max(1.0);
+    let crop =
+        image::imageops::crop_imm(image, x0 as u32, y0 as u32, w as u32, h as u32).to_image();
+    let out_h = ((THUMBNAIL_SIDE as f32) * h / w).round().max(1.0) as u32;
+    let thumb = image::imageops::resize(
+        &crop,
+        THUMBNAIL_SIDE,
+        out_h,
+        image::imageops::FilterType::Triangle,
+    );
+    let mut out = std::io::Cursor::new(Vec::new());
+    thumb.write_to(&mut out, image::ImageFormat::Jpeg)?;
+    Ok(out.into_inner())
 }

@@ -97,6 +97,7 @@ pub fn settings(tmp: &tempfile::TempDir) -> ServeSettings {
             "rc_test_admin_{:016x}",
             rand::thread_rng().gen::<u64>()
         )),
+        session_key: None,
     }
 }
 
