@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use common::{demo_photo, face_api_weights, faceapi_fixture, formula_tensor};
+use common::{best_match, demo_photo, face_api_weights, faceapi_fixture, formula_tensor};
 use rollcall_models::detection::{Detection, FaceBox};
 use rollcall_models::preprocess::FloatImage;
 use rollcall_models::ssd_mobilenet::SsdMobilenetV1;
@@ -109,11 +109,7 @@ fn detections_match_face_api_on_demo_photos() {
             .remove(0);
         assert_eq!(found.len(), sample.ssd.faces.len(), "sample{i}");
         for want in &sample.ssd.faces {
-            let best = found
-                .iter()
-                .max_by(|a, b| a.bbox.iou(&want.bbox).total_cmp(&b.bbox.iou(&want.bbox)))
-                .unwrap();
-            let iou = best.bbox.iou(&want.bbox);
+            let (best, iou) = best_match(&found, &want.bbox);
             assert!(
                 iou >= 0.9,
                 "sample{i}: {want:?} best match {best:?} iou {iou}"

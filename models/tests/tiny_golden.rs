@@ -4,8 +4,8 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use common::{
-    demo_photo_rgb, face_api_weights, faceapi_fixture, formula_image, formula_tensor, max_abs_diff,
-    max_abs_diff_tensors,
+    best_match, demo_photo_rgb, face_api_weights, faceapi_fixture, formula_image, formula_tensor,
+    max_abs_diff, max_abs_diff_tensors,
 };
 use rollcall_models::detection::{Detection, FaceBox};
 use rollcall_models::preprocess::{to_batch_tensor, FloatImage};
@@ -102,11 +102,7 @@ fn detections_match_face_api_on_demo_photos() {
             .unwrap()[0];
         assert_eq!(got.len(), s.tiny.faces.len(), "{}: face count", s.image);
         for want in &s.tiny.faces {
-            let best = got
-                .iter()
-                .max_by(|a, b| a.bbox.iou(&want.bbox).total_cmp(&b.bbox.iou(&want.bbox)))
-                .unwrap();
-            let iou = best.bbox.iou(&want.bbox);
+            let (best, iou) = best_match(got, &want.bbox);
             assert!(
                 iou >= 0.9,
                 "{}: best IoU {iou} for {:?}",

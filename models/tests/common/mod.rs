@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use image::RgbImage;
+use rollcall_models::detection::{Detection, FaceBox};
 use rollcall_models::dlib_weights::{load_dlib_resnet, DLIB_RESNET_FILE};
 use rollcall_models::image_io::{decode_rgb, DEFAULT_MAX_PIXELS};
 use rollcall_models::preprocess::{to_batch_tensor, FloatImage};
@@ -139,6 +140,15 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .zip(b)
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
+}
+
+/// The detection of `found` that overlaps `want` most, with that IoU.
+pub fn best_match<'a>(found: &'a [Detection], want: &FaceBox) -> (&'a Detection, f32) {
+    let best = found
+        .iter()
+        .max_by(|a, b| a.bbox.iou(want).total_cmp(&b.bbox.iou(want)))
+        .unwrap();
+    (best, best.bbox.iou(want))
 }
 
 /// Cosine similarity of two vectors.
