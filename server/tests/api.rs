@@ -174,7 +174,7 @@ async fn bad_uploads_are_refused_and_nothing_is_half_written(db: Db) {
         error_of(app.recognize(jpeg[..jpeg.len() / 3].to_vec(), "c").await).await,
         (422, "corrupt_image".into())
     );
-    let bomb = png_bomb();
+    let bomb = PNG_BOMB.to_vec();
     assert!(bomb.len() < 100);
     assert_eq!(
         error_of(app.recognize(bomb.clone(), "c").await).await,
@@ -236,41 +236,8 @@ async fn bad_uploads_are_refused_and_nothing_is_half_written(db: Db) {
     assert_eq!(error_of(res).await.0, 400);
 }
 
-/// A PNG header claiming 30000×30000 pixels, a few bytes long.
-fn png_bomb() -> Vec<u8> {
-    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
-    let mut ihdr = Vec::new();
-    ihdr.extend(30000u32.to_be_bytes());
-    ihdr.extend(30000u32.to_be_bytes());
-    ihdr.extend([8, 2, 0, 0, 0]);
-    for (kind, body) in [
-        (b"IHDR", ihdr.as_slice()),
-        (b"IDAT", &[0x78, 0x9c, 0x03, 0x00][..]),
-        (b"IEND", &[][..]),
-    ] {
-        png.extend((body.len() as u32).to_be_bytes());
-        let mut chunk = kind.to_vec();
-        chunk.extend(body);
-        png.extend(&chunk);
-        png.extend(crc32(&chunk).to_be_bytes());
-    }
-    png
-}
-
-fn crc32(data: &[u8]) -> u32 {
-    let mut crc = 0xFFFF_FFFFu32;
-    for &b in data {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
+/// A PNG header claiming 30000×30000 pixels, a few bytes long (shared with rollcall-models).
+const PNG_BOMB: &[u8] = include_bytes!("../../models/tests/fixtures/png-bomb-30000x30000.png");
 
 fn blank_png() -> Vec<u8> {
     let img = image::RgbImage::from_pixel(320, 240, image::Rgb([200, 180, 160]));
