@@ -19,23 +19,18 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use candle_core::Device;
+use common::{cosine, demo_photo, distance, person_photo, OBAMA};
 use rollcall_models::align::{dlib_chip, face_api_crop, face_api_descriptor_box, CHIP_SIZE};
-use rollcall_models::dlib_weights::{load_dlib_resnet, DLIB_RESNET_FILE};
-use rollcall_models::image_io::decode_rgb;
 use rollcall_models::landmarks::FaceLandmark68Net;
 use rollcall_models::preprocess::{to_batch_tensor, FloatImage};
 use rollcall_models::recognition::FaceRecognitionNet;
 use rollcall_models::ssd_mobilenet::SsdMobilenetV1;
-use rollcall_models::tfjs::WeightMap;
 use serde_json::Value;
 
-const OBAMA: [&str; 5] = [
-    "obama.jpg",
-    "obama2.jpg",
-    "obama3.jpg",
-    "obama_partial_face.jpg",
-    "obama_partial_face2.jpg",
-];
+/// The integration tests' helpers: asset paths, photos, weights, distances.
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 /// Indices of the full-face obama photos in [`OBAMA`].
 const FULL: [usize; 3] = [0, 1, 2];
 
@@ -49,19 +44,6 @@ struct Set {
 fn unit(v: &[f32]) -> Vec<f32> {
     let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
     v.iter().map(|x| x / n).collect()
-}
-
-fn dist(a: &[f32], b: &[f32]) -> f32 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y) * (x - y))
-        .sum::<f32>()
-        .sqrt()
-}
-
-fn cos(a: &[f32], b: &[f32]) -> f32 {
-    let (a, b) = (unit(a), unit(b));
-    a.iter().zip(&b).map(|(x, y)| x * y).sum()
 }
 
 fn pairs(n: usize) -> impl Iterator<Item = (usize, usize)> {
@@ -122,15 +104,19 @@ fn sweep(sets: &[(String, Set)]) {
         print!("| {t:.2} |");
         for (_, set) in sets {
             let fm = pairs(set.group.len())
-                .filter(|&(i, j)| cos(&set.group[i], &set.group[j]) >= t)
+                .filter(|&(i, j)| cosine(&set.group[i], &set.group[j]) >= t)
                 .count();
             let g5 = pairs(OBAMA.len())
-                .filter(|&(i, j)| cos(&set.obama[i], &set.obama[j]) >= t)
+                .filter(|&(i, j)| cosine(&set.obama[i], &set.obama[j]) >= t)
                 .count();
             let g3 = pairs(FULL.len())
-                .filter(|&(i, j)| cos(&set.obama[FULL[i]], &set.obama[FULL[j]]) >= t)
+                .filter(|&(i, j)| cosine(&set.obama[FULL[i]], &set.obama[FULL[j]]) >= t)
                 .count();
-            let bid = set.obama.iter().filter(|o| cos(o, &set.biden) >= t).count();
+            let bid = set
+                .obama
+                .iter()
+                .filter(|o| cosine(o, &set.biden) >= t)
+                .count();
             print!(
                 " {fm} / {g5}/10 / {g3}/3{} |",
                 if bid > 0 { " (biden!)" } else { "" }
@@ -140,17 +126,17 @@ fn sweep(sets: &[(String, Set)]) {
     }
     for (name, set) in sets {
         let max_imp = pairs(set.group.len())
-            .map(|(i, j)| cos(&set.group[i], &set.group[j]))
+            .map(|(i, j)| cosine(&set.group[i], &set.group[j]))
             .fold(f32::MIN, f32::max);
         let min_gen = |idx: &[usize]| {
             pairs(idx.len())
-                .map(|(i, j)| cos(&set.obama[idx[i]], &set.obama[idx[j]]))
+                .map(|(i, j)| cosine(&set.obama[idx[i]], &set.obama[idx[j]]))
                 .fold(f32::MAX, f32::min)
         };
         let max_biden = set
             .obama
             .iter()
-            .map(|o| cos(o, &set.biden))
+            .map(|o| cosine(o, &set.biden))
             .fold(f32::MIN, f32::max);
         println!(
             "- {name}: most similar impostor pair {max_imp:.4}, obama–biden max {max_biden:.4}, \
@@ -159,11 +145,6 @@ fn sweep(sets: &[(String, Set)]) {
             min_gen(&[0, 1, 2, 3, 4]),
         );
     }
-}
-
-fn read_photo(path: &Path) -> Result<FloatImage> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(FloatImage::from_rgb(&decode_rgb(&bytes, 100_000_000)?))
 }
 
 struct Models {
@@ -264,35 +245,22 @@ fn dlib_reference(fixtures: &Path) -> Option<Set> {
 }
 
 fn main() -> Result<()> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let assets = root.join("../assets");
-    let model_dir = std::env::var_os("ROLLCALL_MODEL_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| assets.join("face-api"));
-    let device = Device::Cpu;
-    let dir = model_dir.join("model");
+    let weights = common::face_api_weights;
     let models = Models {
-        ssd: SsdMobilenetV1::load(&WeightMap::load(&dir, SsdMobilenetV1::MODEL, &device)?)?,
-        landmarks: FaceLandmark68Net::load(&WeightMap::load(
-            &dir,
-            FaceLandmark68Net::MODEL,
-            &device,
-        )?)?,
+        ssd: SsdMobilenetV1::load(&weights(SsdMobilenetV1::MODEL))?,
+        landmarks: FaceLandmark68Net::load(&weights(FaceLandmark68Net::MODEL))?,
         nets: [
-            FaceRecognitionNet::load(&WeightMap::load(&dir, FaceRecognitionNet::MODEL, &device)?)?,
-            FaceRecognitionNet::load(&load_dlib_resnet(
-                &assets.join("dlib").join(DLIB_RESNET_FILE),
-                &device,
-            )?)?,
+            FaceRecognitionNet::load(&weights(FaceRecognitionNet::MODEL))?,
+            FaceRecognitionNet::load(&common::dlib_weights())?,
         ],
-        device,
+        device: Device::Cpu,
     };
 
-    let test_images = assets.join("face_recognition/test_images");
-    let mut photos = Vec::new();
-    for name in OBAMA.iter().chain(&["biden.jpg"]) {
-        photos.push((name.to_string(), read_photo(&test_images.join(name))?));
-    }
+    let photos: Vec<(String, FloatImage)> = OBAMA
+        .iter()
+        .chain(&["biden.jpg"])
+        .map(|name| (name.to_string(), person_photo(name)))
+        .collect();
     let mut single = Vec::new();
     for (name, img) in &photos {
         let lm = faces(&models, img, true)?
@@ -300,9 +268,9 @@ fn main() -> Result<()> {
             .with_context(|| format!("SSD finds no face in {name}"))?;
         single.push((img, lm));
     }
-    let groups = (1..=6)
-        .map(|i| read_photo(&model_dir.join(format!("demo/sample{i}.jpg"))))
-        .collect::<Result<Vec<_>>>()?;
+    let groups: Vec<FloatImage> = (1..=6)
+        .map(|i| demo_photo(&format!("sample{i}.jpg")))
+        .collect();
     let mut group_faces = Vec::new();
     let mut labels = Vec::new();
     for (g, img) in groups.iter().enumerate() {
@@ -339,7 +307,8 @@ fn main() -> Result<()> {
         group_faces.len(),
         group_faces.len() * (group_faces.len() - 1) / 2
     );
-    if let Some(set) = dlib_reference(&root.join("tests/fixtures/dlib")) {
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dlib");
+    if let Some(set) = dlib_reference(&fixtures) {
         println!(
             "dlib's HOG detector: {} faces in the group photos ({} pairs)",
             set.group.len(),
@@ -366,13 +335,17 @@ fn main() -> Result<()> {
     table(
         "Euclidean distance between L2-normalised embeddings",
         &unit_sets,
-        &dist,
+        &distance,
     );
-    table("Euclidean distance between raw descriptors", &sets, &dist);
+    table(
+        "Euclidean distance between raw descriptors",
+        &sets,
+        &distance,
+    );
     sweep(&sets);
     let (name, best) = &sets[3];
     let mut close: Vec<(f32, usize, usize)> = pairs(best.group.len())
-        .map(|(i, j)| (cos(&best.group[i], &best.group[j]), i, j))
+        .map(|(i, j)| (cosine(&best.group[i], &best.group[j]), i, j))
         .collect();
     close.sort_by(|a, b| b.0.total_cmp(&a.0));
     println!("\n### Most similar group-photo pairs, {name}\n");

@@ -288,6 +288,20 @@ fn pad_const(x: &Tensor, dim: usize, before: usize, after: usize, value: f32) ->
 mod tests {
     use super::*;
 
+    /// The largest absolute difference of two tensors of one shape.
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
     #[test]
     fn depthwise_fast_path_equals_grouped_conv() {
         let dev = candle_core::Device::Cpu;
@@ -298,16 +312,7 @@ mod tests {
             let want = xp.conv2d(&w, 0, stride, 1, 5).unwrap();
             let got = depthwise_conv(&xp, &w, stride).unwrap();
             assert_eq!(got.dims(), want.dims());
-            let diff: f32 = (got - want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar()
-                .unwrap();
+            let diff = max_abs_diff(&got, &want);
             assert!(diff < 1e-5, "stride {stride}: {diff}");
         }
     }
@@ -322,16 +327,7 @@ mod tests {
             let want = xp.conv2d(&w, 0, stride, 1, 1).unwrap();
             let got = dense_conv(&xp, &w, stride).unwrap();
             assert_eq!(got.dims(), want.dims());
-            let diff: f32 = (got - want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar()
-                .unwrap();
+            let diff = max_abs_diff(&got, &want);
             assert!(diff < 1e-4, "k {k} stride {stride}: {diff}");
         }
     }

@@ -4,50 +4,30 @@
 use std::path::PathBuf;
 
 use candle_core::Device;
+use common::{
+    assets, cosine, demo_photo, distance, dlib_file, dlib_fixture, dlib_weights, face_api_weights,
+    floats, formula_image, max_abs, max_abs_diff, model_dir, person_photo, person_photo_rgb,
+    points,
+};
 use rollcall_models::align::{dlib_chip, CHIP_SIZE};
-use rollcall_models::dlib_weights::{load_dlib_resnet, DLIB_RESNET_FILE};
-use rollcall_models::image_io::decode_rgb;
+use rollcall_models::dlib_weights::load_dlib_resnet;
 use rollcall_models::pipeline::{similarity, FacePipeline, PipelineConfig, RecognitionWeights};
 use rollcall_models::preprocess::{to_batch_tensor, FloatImage};
 use rollcall_models::recognition::FaceRecognitionNet;
-use rollcall_models::tfjs::WeightMap;
 use rollcall_models::ModelError;
 use serde_json::Value;
 
-fn assets() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets")
-}
-
-fn model_dir() -> PathBuf {
-    std::env::var_os("ROLLCALL_MODEL_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| assets().join("face-api"))
-}
-
-fn dlib_file() -> PathBuf {
-    assets().join("dlib").join(DLIB_RESNET_FILE)
-}
-
-fn max_abs(t: &candle_core::Tensor) -> f32 {
-    t.abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
-}
+mod common;
 
 /// face-api's uint8 weights are a quantisation of dlib's: every dlib tensor has face-api's name
 /// and shape, and lies within a few quantisation steps of it.
 #[test]
 fn dlib_weights_match_face_api_names_shapes_and_values() {
-    let dlib = load_dlib_resnet(&dlib_file(), &Device::Cpu).unwrap();
-    let dir = model_dir().join("model");
-    let face_api = WeightMap::load(&dir, FaceRecognitionNet::MODEL, &Device::Cpu).unwrap();
+    let dlib = dlib_weights();
+    let face_api = face_api_weights(FaceRecognitionNet::MODEL);
     let manifest: Value = serde_json::from_slice(
-        &std::fs::read(dir.join("face_recognition_model-weights_manifest.json")).unwrap(),
+        &std::fs::read(model_dir().join("model/face_recognition_model-weights_manifest.json"))
+            .unwrap(),
     )
     .unwrap();
     let mut count = 0;
@@ -133,49 +113,7 @@ fn foreign_files_are_a_typed_error() {
 }
 
 fn dlib_net() -> FaceRecognitionNet {
-    FaceRecognitionNet::load(&load_dlib_resnet(&dlib_file(), &Device::Cpu).unwrap()).unwrap()
-}
-
-fn fixture(name: &str) -> Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/dlib")
-        .join(name);
-    serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
-}
-
-fn floats(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-    let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
-    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
-    dot / (na * nb)
-}
-
-fn distance(a: &[f32], b: &[f32]) -> f32 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y) * (x - y))
-        .sum::<f32>()
-        .sqrt()
-}
-
-fn formula_image(size: usize) -> FloatImage {
-    let mut img = FloatImage::zeros(size, size);
-    for y in 0..size {
-        for x in 0..size {
-            for c in 0..3 {
-                img.data[(y * size + x) * 3 + c] = ((x * 7 + y * 13 + c * 29) % 256) as f32;
-            }
-        }
-    }
-    img
+    FaceRecognitionNet::load(&dlib_weights()).unwrap()
 }
 
 fn forward(net: &FaceRecognitionNet, inputs: &[FloatImage]) -> Vec<Vec<f32>> {
@@ -186,18 +124,14 @@ fn forward(net: &FaceRecognitionNet, inputs: &[FloatImage]) -> Vec<Vec<f32>> {
 /// Network only, identical input: dlib's `compute_face_descriptor` of the synthetic chip.
 #[test]
 fn descriptor_of_formula_chip_matches_dlib() {
-    let expected = floats(&fixture("fixed.json")["recognition"]);
+    let expected = floats(&dlib_fixture::<Value>("fixed.json")["recognition"]);
     let got = forward(
         &dlib_net(),
         &[formula_image(FaceRecognitionNet::INPUT_SIZE)],
     )
     .remove(0);
     let cos = cosine(&got, &expected);
-    let diff = got
-        .iter()
-        .zip(&expected)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f32::max);
+    let diff = max_abs_diff(&got, &expected);
     println!("formula chip vs dlib: cosine {cos:.7}, max abs diff {diff:.2e}");
     assert!(cos >= 0.9999, "cosine {cos}");
     assert!(diff < 1e-3, "max abs diff {diff}");
@@ -205,10 +139,7 @@ fn descriptor_of_formula_chip_matches_dlib() {
 
 /// The photos of the fixtures, with the faces dlib found in them.
 fn photos() -> Vec<(String, FloatImage, Value)> {
-    let fr = assets().join("face_recognition/test_images");
-    let demo = model_dir().join("demo");
-    let mut out = Vec::new();
-    for name in [
+    let people = [
         "obama",
         "obama2",
         "obama3",
@@ -216,26 +147,14 @@ fn photos() -> Vec<(String, FloatImage, Value)> {
         "obama_partial_face2",
         "biden",
     ]
-    .iter()
-    .map(|n| (n.to_string(), fr.join(format!("{n}.jpg"))))
-    .chain((1..=6).map(|i| (format!("sample{i}"), demo.join(format!("sample{i}.jpg")))))
-    {
-        let (stem, path) = name;
-        let img =
-            FloatImage::from_rgb(&decode_rgb(&std::fs::read(&path).unwrap(), 100_000_000).unwrap());
-        out.push((stem.clone(), img, fixture(&format!("{stem}.json"))));
-    }
-    out
-}
-
-fn landmarks(face: &Value) -> Vec<[f32; 2]> {
-    face["landmarks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            let p = floats(p);
-            [p[0], p[1]]
+    .map(|stem| (stem.to_string(), person_photo(&format!("{stem}.jpg"))));
+    let groups = (1..=6).map(|i| (format!("sample{i}"), demo_photo(&format!("sample{i}.jpg"))));
+    people
+        .into_iter()
+        .chain(groups)
+        .map(|(stem, img)| {
+            let fx = dlib_fixture(&format!("{stem}.json"));
+            (stem, img, fx)
         })
         .collect()
 }
@@ -252,7 +171,7 @@ fn chips_and_descriptors_from_dlib_landmarks_match_dlib() {
         let mut chips = Vec::new();
         let mut expected = Vec::new();
         for face in fx["faces"].as_array().unwrap() {
-            let chip = dlib_chip(&img, &landmarks(face));
+            let chip = dlib_chip(&img, &points(&face["landmarks"]));
             let sums = floats(&face["chip_sum"]);
             let mean_diff: Vec<f32> = (0..3)
                 .map(|c| {
@@ -314,11 +233,7 @@ fn batched_forward_equals_single_forwards() {
     let batched = forward(&net, &inputs);
     for (i, input) in inputs.iter().enumerate() {
         let single = forward(&net, std::slice::from_ref(input)).remove(0);
-        let diff = single
-            .iter()
-            .zip(&batched[i])
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f32::max);
+        let diff = max_abs_diff(&single, &batched[i]);
         assert!(diff < 1e-4, "item {i}: max abs diff {diff}");
     }
 }
@@ -326,8 +241,7 @@ fn batched_forward_equals_single_forwards() {
 /// The pipeline finds dlib's weights beside the model dir and embeds like the face-api weights.
 #[test]
 fn pipeline_runs_with_either_recognition_weights() {
-    let bytes = std::fs::read(assets().join("face_recognition/test_images/obama.jpg")).unwrap();
-    let image = decode_rgb(&bytes, 100_000_000).unwrap();
+    let image = person_photo_rgb("obama.jpg");
     let mut embeddings = Vec::new();
     for weights in [RecognitionWeights::FaceApi, RecognitionWeights::Dlib] {
         let config = PipelineConfig {

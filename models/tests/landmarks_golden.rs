@@ -1,15 +1,15 @@
 //! FaceLandmark68Net against face-api's golden outputs (tests/fixtures/faceapi).
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::Device;
+use common::{demo_photo, face_api_weights, faceapi_fixture, formula_image};
 use rollcall_models::detection::FaceBox;
-use rollcall_models::image_io::{decode_rgb, DEFAULT_MAX_PIXELS};
 use rollcall_models::landmarks::{FaceLandmark68Net, Landmarks68};
 use rollcall_models::preprocess::{to_batch_tensor, FloatImage};
-use rollcall_models::tfjs::WeightMap;
 use serde::Deserialize;
+
+mod common;
 
 #[derive(Deserialize)]
 struct Fixed {
@@ -41,47 +41,15 @@ struct Face {
     landmarks: Vec<[f32; 2]>,
 }
 
-fn model_dir() -> PathBuf {
-    std::env::var_os("ROLLCALL_MODEL_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/face-api"))
-}
-
-fn fixture<T: serde::de::DeserializeOwned>(name: &str) -> T {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/faceapi")
-        .join(name);
-    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
-}
-
 fn net() -> FaceLandmark68Net {
-    let weights = WeightMap::load(
-        &model_dir().join("model"),
-        FaceLandmark68Net::MODEL,
-        &Device::Cpu,
-    )
-    .unwrap();
-    FaceLandmark68Net::load(&weights).unwrap()
-}
-
-fn formula(size: usize) -> FloatImage {
-    let mut img = FloatImage::zeros(size, size);
-    for y in 0..size {
-        for x in 0..size {
-            for c in 0..3 {
-                img.data[(y * size + x) * 3 + c] = ((x * 7 + y * 13 + c * 29) % 256) as f32;
-            }
-        }
-    }
-    img
+    FaceLandmark68Net::load(&face_api_weights(FaceLandmark68Net::MODEL)).unwrap()
 }
 
 fn samples() -> Vec<(Sample, FloatImage)> {
     (1..=6)
         .map(|i| {
-            let s: Sample = fixture(&format!("sample{i}.json"));
-            let bytes = std::fs::read(model_dir().join("demo").join(&s.image)).unwrap();
-            let img = FloatImage::from_rgb(&decode_rgb(&bytes, DEFAULT_MAX_PIXELS).unwrap());
+            let s: Sample = faceapi_fixture(&format!("sample{i}.json"));
+            let img = demo_photo(&s.image);
             (s, img)
         })
         .collect()
@@ -97,10 +65,10 @@ fn max_point_error(got: &Landmarks68, want: &[[f32; 2]]) -> f32 {
 #[test]
 fn landmarks_match_face_api_on_formula_image() {
     let net = net();
-    let fixed: Fixed = fixture("fixed.json");
+    let fixed: Fixed = faceapi_fixture("fixed.json");
     let s = fixed.landmarks.size;
     assert_eq!(s, FaceLandmark68Net::INPUT_SIZE);
-    let img = formula(s);
+    let img = formula_image(s);
     let whole = FaceBox {
         x: 0.0,
         y: 0.0,
@@ -181,7 +149,7 @@ fn batched_landmarks_equal_single_landmarks() {
 #[test]
 fn face_box_outside_the_image_is_an_error() {
     let net = net();
-    let img = formula(64);
+    let img = formula_image(64);
     let outside = FaceBox {
         x: 100.0,
         y: 0.0,

@@ -2,36 +2,14 @@
 //! them matches another person or any face of the face-api group photos, at the documented
 //! default threshold. Batched processing equals one image at a time.
 
-use std::path::PathBuf;
-
 use candle_core::Device;
+use common::{demo_photo_rgb, max_abs_diff, model_dir, person_photo_rgb, OBAMA};
 use image::RgbImage;
-use rollcall_models::image_io::{decode_rgb, DEFAULT_MAX_PIXELS};
 use rollcall_models::pipeline::{
     similarity, Face, FacePipeline, PipelineConfig, DEFAULT_MATCH_THRESHOLD,
 };
 
-fn assets() -> PathBuf {
-    std::env::var_os("ROLLCALL_ASSETS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets"))
-}
-
-fn model_dir() -> PathBuf {
-    std::env::var_os("ROLLCALL_MODEL_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| assets().join("face-api"))
-}
-
-fn load(path: PathBuf) -> RgbImage {
-    let bytes = std::fs::read(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}; run scripts/fetch-assets.sh", path.display()));
-    decode_rgb(&bytes, DEFAULT_MAX_PIXELS).unwrap()
-}
-
-fn person(name: &str) -> RgbImage {
-    load(assets().join("face_recognition/test_images").join(name))
-}
+mod common;
 
 fn largest(faces: &[Face]) -> &Face {
     faces
@@ -40,22 +18,14 @@ fn largest(faces: &[Face]) -> &Face {
         .expect("a face")
 }
 
-const OBAMA: [&str; 5] = [
-    "obama.jpg",
-    "obama2.jpg",
-    "obama3.jpg",
-    "obama_partial_face.jpg",
-    "obama_partial_face2.jpg",
-];
-
 #[test]
 fn one_person_matches_and_strangers_do_not() {
     let pipeline =
         FacePipeline::load(&model_dir(), &Device::Cpu, PipelineConfig::default()).unwrap();
-    let mut images: Vec<RgbImage> = OBAMA.iter().map(|n| person(n)).collect();
-    images.push(person("biden.jpg"));
+    let mut images: Vec<RgbImage> = OBAMA.iter().map(|n| person_photo_rgb(n)).collect();
+    images.push(person_photo_rgb("biden.jpg"));
     let groups: Vec<RgbImage> = (1..=6)
-        .map(|i| load(model_dir().join(format!("demo/sample{i}.jpg"))))
+        .map(|i| demo_photo_rgb(&format!("sample{i}.jpg")))
         .collect();
     images.extend(groups);
     let out = pipeline.process(&images).unwrap().faces;
@@ -108,9 +78,9 @@ fn batched_pipeline_equals_single_images() {
     let pipeline =
         FacePipeline::load(&model_dir(), &Device::Cpu, PipelineConfig::default()).unwrap();
     let images = vec![
-        person("obama.jpg"),
-        load(model_dir().join("demo/sample2.jpg")),
-        person("biden.jpg"),
+        person_photo_rgb("obama.jpg"),
+        demo_photo_rgb("sample2.jpg"),
+        person_photo_rgb("biden.jpg"),
     ];
     let batched = pipeline.process(&images).unwrap().faces;
     for (img, together) in images.iter().zip(&batched) {
@@ -122,12 +92,7 @@ fn batched_pipeline_equals_single_images() {
         assert_eq!(alone.len(), together.len());
         for (a, b) in alone.iter().zip(together) {
             assert!(a.detection.bbox.iou(&b.detection.bbox) > 0.999);
-            let diff = a
-                .embedding
-                .iter()
-                .zip(&b.embedding)
-                .map(|(x, y)| (x - y).abs())
-                .fold(0.0, f32::max);
+            let diff = max_abs_diff(&a.embedding, &b.embedding);
             assert!(diff < 1e-4, "embedding differs by {diff}");
         }
     }

@@ -1,103 +1,37 @@
 //! FaceRecognitionNet and alignment against face-api's golden fixtures and the real demo photos.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
+use common::{
+    cosine, demo_photo, face_api_weights, faceapi_fixture, floats, formula_tensor, max_abs_diff,
+    points,
+};
 use rollcall_models::align::{
     assess, dlib_chip, face_api_crop, face_api_descriptor_box, template_eye_centres, ChipTransform,
     MIN_INTEROCULAR_PX, MIN_SHARPNESS,
 };
 use rollcall_models::detection::FaceBox;
-use rollcall_models::image_io::decode_rgb;
-use rollcall_models::preprocess::{to_batch_tensor, FloatImage};
+use rollcall_models::preprocess::FloatImage;
 use rollcall_models::recognition::FaceRecognitionNet;
-use rollcall_models::tfjs::WeightMap;
 use serde_json::Value;
 
-fn model_dir() -> PathBuf {
-    std::env::var_os("ROLLCALL_MODEL_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/face-api"))
-}
-
-fn fixture(name: &str) -> Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/faceapi")
-        .join(name);
-    serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
-}
+mod common;
 
 fn net() -> FaceRecognitionNet {
-    let weights = WeightMap::load(
-        &model_dir().join("model"),
-        FaceRecognitionNet::MODEL,
-        &Device::Cpu,
-    )
-    .unwrap();
-    FaceRecognitionNet::load(&weights).unwrap()
-}
-
-fn floats(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
-}
-
-fn points(v: &Value) -> Vec<[f32; 2]> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            let p = floats(p);
-            [p[0], p[1]]
-        })
-        .collect()
+    FaceRecognitionNet::load(&face_api_weights(FaceRecognitionNet::MODEL)).unwrap()
 }
 
 fn face_box(v: &Value) -> FaceBox {
     serde_json::from_value(v.clone()).unwrap()
 }
 
-fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-    let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
-    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
-    dot / (na * nb)
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
-fn photo(name: &str) -> FloatImage {
-    let bytes = std::fs::read(model_dir().join("demo").join(name)).unwrap();
-    FloatImage::from_rgb(&decode_rgb(&bytes, 100_000_000).unwrap())
-}
-
-fn formula_image(size: usize) -> FloatImage {
-    let mut img = FloatImage::zeros(size, size);
-    for y in 0..size {
-        for x in 0..size {
-            for c in 0..3 {
-                img.data[(y * size + x) * 3 + c] = ((x * 7 + y * 13 + c * 29) % 256) as f32;
-            }
-        }
-    }
-    img
-}
-
 /// The ssd faces of sampleN.json with their photo.
 fn samples() -> Vec<(FloatImage, Vec<Value>)> {
     (1..=6)
         .map(|n| {
-            let fx = fixture(&format!("sample{n}.json"));
-            let img = photo(fx["image"].as_str().unwrap());
+            let fx: Value = faceapi_fixture(&format!("sample{n}.json"));
+            let img = demo_photo(fx["image"].as_str().unwrap());
             (img, fx["ssd"]["faces"].as_array().unwrap().clone())
         })
         .collect()
@@ -105,12 +39,12 @@ fn samples() -> Vec<(FloatImage, Vec<Value>)> {
 
 #[test]
 fn raw_descriptor_of_formula_image_matches_face_api() {
-    let fx = fixture("fixed.json");
+    let fx: Value = faceapi_fixture("fixed.json");
     let size = fx["recognition"]["size"].as_u64().unwrap() as usize;
     assert_eq!(size, FaceRecognitionNet::INPUT_SIZE);
     let expected = floats(&fx["recognition"]["descriptor"]);
     let net = net();
-    let x = to_batch_tensor(&[formula_image(size)], &Device::Cpu).unwrap();
+    let x = formula_tensor(size);
     let got: Vec<f32> = net
         .forward(&x)
         .unwrap()

@@ -1,37 +1,18 @@
 //! Golden tests of the SSD MobileNetV1 detector against face-api's own outputs.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
+use common::{best_match, demo_photo, face_api_weights, faceapi_fixture, formula_tensor};
 use rollcall_models::detection::{Detection, FaceBox};
-use rollcall_models::image_io::decode_rgb;
 use rollcall_models::preprocess::FloatImage;
 use rollcall_models::ssd_mobilenet::SsdMobilenetV1;
-use rollcall_models::tfjs::WeightMap;
 use rollcall_models::ModelError;
 use serde::Deserialize;
 
-fn model_root() -> PathBuf {
-    std::env::var_os("ROLLCALL_MODEL_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/face-api"))
-}
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/faceapi")
-        .join(name)
-}
+mod common;
 
 fn load_net() -> SsdMobilenetV1 {
-    let weights = WeightMap::load(
-        &model_root().join("model"),
-        SsdMobilenetV1::MODEL,
-        &Device::Cpu,
-    )
-    .unwrap();
-    SsdMobilenetV1::load(&weights).unwrap()
+    SsdMobilenetV1::load(&face_api_weights(SsdMobilenetV1::MODEL)).unwrap()
 }
 
 #[derive(Deserialize)]
@@ -63,27 +44,9 @@ struct SampleSsd {
     faces: Vec<Detection>,
 }
 
-fn read_json<T: for<'de> Deserialize<'de>>(name: &str) -> T {
-    serde_json::from_slice(&std::fs::read(fixture(name)).unwrap()).unwrap()
-}
-
-/// The synthetic formula image `v(y, x, c) = (x*7 + y*13 + c*29) % 256` as `[1, 3, s, s]`.
-fn formula_input(size: usize) -> Tensor {
-    let mut data = Vec::with_capacity(3 * size * size);
-    for c in 0..3 {
-        for y in 0..size {
-            for x in 0..size {
-                data.push(((x * 7 + y * 13 + c * 29) % 256) as f32);
-            }
-        }
-    }
-    Tensor::from_vec(data, (1, 3, size, size), &Device::Cpu).unwrap()
-}
-
 fn load_sample(i: usize) -> (Sample, FloatImage) {
-    let sample: Sample = read_json(&format!("sample{i}.json"));
-    let bytes = std::fs::read(model_root().join("demo").join(&sample.image)).unwrap();
-    let img = FloatImage::from_rgb(&decode_rgb(&bytes, 100_000_000).unwrap());
+    let sample: Sample = faceapi_fixture(&format!("sample{i}.json"));
+    let img = demo_photo(&sample.image);
     assert_eq!((img.width, img.height), (sample.width, sample.height));
     (sample, img)
 }
@@ -91,10 +54,10 @@ fn load_sample(i: usize) -> (Sample, FloatImage) {
 #[test]
 fn raw_output_matches_face_api_on_formula_image() {
     let net = load_net();
-    let fixed: Fixed = read_json("fixed.json");
+    let fixed: Fixed = faceapi_fixture("fixed.json");
     let raw = fixed.ssd_raw;
     assert_eq!(raw.size, SsdMobilenetV1::INPUT_SIZE);
-    let x = formula_input(raw.size);
+    let x = formula_tensor(raw.size);
     let (boxes, scores) = net.forward(&x).unwrap();
     assert_eq!(boxes.dims(), &[1, raw.num_anchors, 4]);
     assert_eq!(scores.dims(), &[1, raw.num_anchors]);
@@ -146,11 +109,7 @@ fn detections_match_face_api_on_demo_photos() {
             .remove(0);
         assert_eq!(found.len(), sample.ssd.faces.len(), "sample{i}");
         for want in &sample.ssd.faces {
-            let best = found
-                .iter()
-                .max_by(|a, b| a.bbox.iou(&want.bbox).total_cmp(&b.bbox.iou(&want.bbox)))
-                .unwrap();
-            let iou = best.bbox.iou(&want.bbox);
+            let (best, iou) = best_match(&found, &want.bbox);
             assert!(
                 iou >= 0.9,
                 "sample{i}: {want:?} best match {best:?} iou {iou}"
@@ -197,13 +156,7 @@ fn batched_detect_equals_single_detects() {
 
 #[test]
 fn missing_tensor_is_named() {
-    let weights = WeightMap::load(
-        &model_root().join("model"),
-        "tiny_face_detector_model",
-        &Device::Cpu,
-    )
-    .unwrap();
-    match SsdMobilenetV1::load(&weights) {
+    match SsdMobilenetV1::load(&face_api_weights("tiny_face_detector_model")) {
         Err(ModelError::MissingTensor { name }) => {
             assert_eq!(name, "Output/extra_dim");
         }

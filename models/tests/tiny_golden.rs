@@ -1,15 +1,18 @@
 //! TinyFaceDetector against face-api's golden outputs (tests/fixtures/faceapi).
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
+use common::{
+    best_match, demo_photo_rgb, face_api_weights, faceapi_fixture, formula_image, formula_tensor,
+    max_abs_diff, max_abs_diff_tensors,
+};
 use rollcall_models::detection::{Detection, FaceBox};
-use rollcall_models::image_io::{decode_rgb, DEFAULT_MAX_PIXELS};
 use rollcall_models::preprocess::{to_batch_tensor, FloatImage};
-use rollcall_models::tfjs::WeightMap;
 use rollcall_models::tiny_face_detector::TinyFaceDetector;
 use serde::Deserialize;
+
+mod common;
 
 #[derive(Deserialize)]
 struct Fixed {
@@ -37,47 +40,15 @@ struct Tiny {
     faces: Vec<Detection>,
 }
 
-fn model_dir() -> PathBuf {
-    std::env::var_os("ROLLCALL_MODEL_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/face-api"))
-}
-
-fn fixture<T: serde::de::DeserializeOwned>(name: &str) -> T {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/faceapi")
-        .join(name);
-    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
-}
-
 fn net() -> TinyFaceDetector {
-    let weights = WeightMap::load(
-        &model_dir().join("model"),
-        TinyFaceDetector::MODEL,
-        &Device::Cpu,
-    )
-    .unwrap();
-    TinyFaceDetector::load(&weights).unwrap()
-}
-
-fn formula(size: usize) -> FloatImage {
-    let mut img = FloatImage::zeros(size, size);
-    for y in 0..size {
-        for x in 0..size {
-            for c in 0..3 {
-                img.data[(y * size + x) * 3 + c] = ((x * 7 + y * 13 + c * 29) % 256) as f32;
-            }
-        }
-    }
-    img
+    TinyFaceDetector::load(&face_api_weights(TinyFaceDetector::MODEL)).unwrap()
 }
 
 fn samples() -> Vec<(Sample, FloatImage)> {
     (1..=6)
         .map(|i| {
-            let s: Sample = fixture(&format!("sample{i}.json"));
-            let bytes = std::fs::read(model_dir().join("demo").join(&s.image)).unwrap();
-            let rgb = decode_rgb(&bytes, DEFAULT_MAX_PIXELS).unwrap();
+            let s: Sample = faceapi_fixture(&format!("sample{i}.json"));
+            let rgb = demo_photo_rgb(&s.image);
             let sum: u64 = rgb.as_raw().iter().map(|&v| u64::from(v)).sum();
             println!(
                 "{}: decoded pixel sum {sum}, jpeg-js {} (diff {})",
@@ -90,19 +61,6 @@ fn samples() -> Vec<(Sample, FloatImage)> {
         .collect()
 }
 
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
-}
-
 fn box_diff(a: &FaceBox, b: &FaceBox) -> f32 {
     [a.x - b.x, a.y - b.y, a.width - b.width, a.height - b.height]
         .iter()
@@ -112,9 +70,9 @@ fn box_diff(a: &FaceBox, b: &FaceBox) -> f32 {
 #[test]
 fn raw_output_matches_face_api_on_formula_image() {
     let net = net();
-    let fixed: Fixed = fixture("fixed.json");
+    let fixed: Fixed = faceapi_fixture("fixed.json");
     let s = fixed.tiny_raw.size;
-    let x = to_batch_tensor(&[formula(s)], &Device::Cpu).unwrap();
+    let x = formula_tensor(s);
     net.forward(&x).unwrap(); // warm-up, so the timing below is steady-state
     let start = Instant::now();
     let out = net.forward(&x).unwrap();
@@ -125,10 +83,7 @@ fn raw_output_matches_face_api_on_formula_image() {
     let nhwc = out.permute((0, 2, 3, 1)).unwrap();
     assert_eq!(nhwc.dims(), fixed.tiny_raw.output_shape.as_slice());
     let got: Vec<f32> = nhwc.flatten_all().unwrap().to_vec1().unwrap();
-    let diff = got
-        .iter()
-        .zip(&fixed.tiny_raw.output_sample)
-        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    let diff = max_abs_diff(&got, &fixed.tiny_raw.output_sample);
     println!(
         "tiny raw output: max abs diff {diff:e} over {} values",
         fixed.tiny_raw.output_sample.len()
@@ -147,11 +102,7 @@ fn detections_match_face_api_on_demo_photos() {
             .unwrap()[0];
         assert_eq!(got.len(), s.tiny.faces.len(), "{}: face count", s.image);
         for want in &s.tiny.faces {
-            let best = got
-                .iter()
-                .max_by(|a, b| a.bbox.iou(&want.bbox).total_cmp(&b.bbox.iou(&want.bbox)))
-                .unwrap();
-            let iou = best.bbox.iou(&want.bbox);
+            let (best, iou) = best_match(got, &want.bbox);
             assert!(
                 iou >= 0.9,
                 "{}: best IoU {iou} for {:?}",
@@ -190,22 +141,15 @@ fn batched_detection_equals_single_detection() {
     assert!(max_diff < 1e-3, "batched detections differ by {max_diff}");
 
     let x = to_batch_tensor(
-        &[formula(416), formula(416).pad_to_square(false)],
+        &[formula_image(416), formula_image(416).pad_to_square(false)],
         &Device::Cpu,
     )
     .unwrap();
-    let x = Tensor::cat(
-        &[
-            x,
-            (to_batch_tensor(&[formula(416)], &Device::Cpu).unwrap() * 0.5).unwrap(),
-        ],
-        0,
-    )
-    .unwrap();
+    let x = Tensor::cat(&[x, (formula_tensor(416) * 0.5).unwrap()], 0).unwrap();
     let all = net.forward(&x).unwrap();
     for i in 0..3 {
         let one = net.forward(&x.narrow(0, i, 1).unwrap()).unwrap();
-        let diff = max_abs_diff(&all.narrow(0, i, 1).unwrap(), &one);
+        let diff = max_abs_diff_tensors(&all.narrow(0, i, 1).unwrap(), &one);
         assert!(diff < 1e-4, "raw batched output {i} differs by {diff}");
     }
 }

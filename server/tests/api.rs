@@ -4,7 +4,10 @@ mod common;
 
 use std::process::Command;
 
-use common::{group_photo, person_photo, spawn, spawn_with, Db};
+use common::{
+    error_of, group_photo, person_photo, send, send_error, send_json, spawn, spawn_with, Db,
+};
+use reqwest::Method;
 use serde_json::{json, Value};
 
 on_both_databases!(
@@ -23,11 +26,8 @@ async fn enrol_recognise_dedupe_and_export(db: Db) {
 
     // A different photo of the same person is recognised; the second sighting folds into the first mark.
     let first: Value = app
-        .recognize(person_photo("obama2.jpg"), "door-1")
-        .await
-        .json()
-        .await
-        .unwrap();
+        .recognize_json(person_photo("obama2.jpg"), "door-1")
+        .await;
     let faces = first["faces"].as_array().unwrap();
     assert_eq!(faces.len(), 1, "{first}");
     assert_eq!(faces[0]["user"]["id"], obama, "{first}");
@@ -37,11 +37,8 @@ async fn enrol_recognise_dedupe_and_export(db: Db) {
         assert!(faces[0]["box"][k].is_number());
     }
     let second: Value = app
-        .recognize(person_photo("obama3.jpg"), "door-1")
-        .await
-        .json()
-        .await
-        .unwrap();
+        .recognize_json(person_photo("obama3.jpg"), "door-1")
+        .await;
     assert_eq!(second["faces"][0]["user"]["id"], obama, "{second}");
     assert_eq!(
         second["faces"][0]["attendance"],
@@ -50,43 +47,22 @@ async fn enrol_recognise_dedupe_and_export(db: Db) {
 
     // Someone never enrolled comes back unknown and marks nothing.
     let stranger: Value = app
-        .recognize(person_photo("biden.jpg"), "door-1")
-        .await
-        .json()
-        .await
-        .unwrap();
+        .recognize_json(person_photo("biden.jpg"), "door-1")
+        .await;
     assert_eq!(stranger["faces"].as_array().unwrap().len(), 1);
     assert_eq!(stranger["faces"][0]["user"], Value::Null, "{stranger}");
     assert_eq!(stranger["faces"][0]["attendance"]["recorded"], false);
 
-    let log: Value = app
-        .get("/api/v1/attendance?camera_id=door-1")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let log: Value = send_json(app.get("/api/v1/attendance?camera_id=door-1")).await;
     let items = log["items"].as_array().unwrap();
     assert_eq!(items.len(), 1, "{log}");
     assert_eq!(items[0]["user_name"], "Barack Obama");
     assert_eq!(items[0]["sightings"], 2);
     assert_eq!(log["next_page"], Value::Null);
-    let none: Value = app
-        .get("/api/v1/attendance?department=Nowhere")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let none: Value = send_json(app.get("/api/v1/attendance?department=Nowhere")).await;
     assert!(none["items"].as_array().unwrap().is_empty());
 
-    let csv = app
-        .get("/api/v1/attendance/export?format=csv&department=Office")
-        .send()
-        .await
-        .unwrap();
+    let csv = send(app.get("/api/v1/attendance/export?format=csv&department=Office")).await;
     assert_eq!(csv.headers()["content-type"], "text/csv; charset=utf-8");
     let csv = csv.text().await.unwrap();
     let lines: Vec<&str> = csv.lines().collect();
@@ -100,11 +76,7 @@ async fn enrol_recognise_dedupe_and_export(db: Db) {
         "{csv}"
     );
 
-    let pdf = app
-        .get("/api/v1/attendance/export?format=pdf")
-        .send()
-        .await
-        .unwrap();
+    let pdf = send(app.get("/api/v1/attendance/export?format=pdf")).await;
     assert_eq!(pdf.headers()["content-type"], "application/pdf");
     let bytes = pdf.bytes().await.unwrap();
     assert!(bytes.starts_with(b"%PDF"));
@@ -135,18 +107,6 @@ fn pdf_text(pdf: &[u8]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-async fn error_of(res: reqwest::Response) -> (u16, String) {
-    let status = res.status().as_u16();
-    let body: Value = res.json().await.unwrap();
-    (
-        status,
-        body["error"]["code"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no error code in {body}"))
-            .to_owned(),
-    )
-}
-
 async fn bad_uploads_are_refused_and_nothing_is_half_written(db: Db) {
     let app = spawn_with(db, |s| s.max_upload_bytes = 2 * 1024 * 1024).await;
     let user = app.create_user("Test Person", "QA").await;
@@ -160,21 +120,22 @@ async fn bad_uploads_are_refused_and_nothing_is_half_written(db: Db) {
 
     // Format by magic bytes, whatever the name or content type says.
     let gif = b"GIF89a\x01\x00\x01\x00\x00\x00\x00;".to_vec();
-    let res = app
-        .post("/api/v1/recognize")
-        .header("content-type", "image/jpeg")
-        .body(gif)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(error_of(res).await, (415, "unsupported_media_type".into()));
+    assert_eq!(
+        send_error(
+            app.post("/api/v1/recognize")
+                .header("content-type", "image/jpeg")
+                .body(gif)
+        )
+        .await,
+        (415, "unsupported_media_type".into())
+    );
 
     let jpeg = person_photo("obama.jpg");
     assert_eq!(
         error_of(app.recognize(jpeg[..jpeg.len() / 3].to_vec(), "c").await).await,
         (422, "corrupt_image".into())
     );
-    let bomb = png_bomb();
+    let bomb = PNG_BOMB.to_vec();
     assert!(bomb.len() < 100);
     assert_eq!(
         error_of(app.recognize(bomb.clone(), "c").await).await,
@@ -201,22 +162,10 @@ async fn bad_uploads_are_refused_and_nothing_is_half_written(db: Db) {
         )
         .await;
     assert_eq!(error_of(res).await, (422, "multiple_faces".into()));
-    let detail: Value = app
-        .get(&format!("/api/v1/users/{user}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let detail: Value = send_json(app.get(&format!("/api/v1/users/{user}"))).await;
     assert_eq!(detail["faces"], json!([]), "{detail}");
     assert_eq!(app.stored_photos(), 0);
-    let seen: Value = app
-        .recognize(person_photo("obama2.jpg"), "c")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let seen: Value = app.recognize_json(person_photo("obama2.jpg"), "c").await;
     assert_eq!(
         seen["faces"][0]["user"],
         Value::Null,
@@ -227,50 +176,19 @@ async fn bad_uploads_are_refused_and_nothing_is_half_written(db: Db) {
         error_of(app.enroll(9999, &[person_photo("obama.jpg")]).await).await,
         (404, "not_found".into())
     );
-    let res = app
-        .post(&format!("/api/v1/users/{user}/faces"))
-        .multipart(reqwest::multipart::Form::new().text("x", "y"))
-        .send()
+    assert_eq!(
+        send_error(
+            app.post(&format!("/api/v1/users/{user}/faces"))
+                .multipart(reqwest::multipart::Form::new().text("x", "y"))
+        )
         .await
-        .unwrap();
-    assert_eq!(error_of(res).await.0, 400);
+        .0,
+        400
+    );
 }
 
-/// A PNG header claiming 30000×30000 pixels, a few bytes long.
-fn png_bomb() -> Vec<u8> {
-    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
-    let mut ihdr = Vec::new();
-    ihdr.extend(30000u32.to_be_bytes());
-    ihdr.extend(30000u32.to_be_bytes());
-    ihdr.extend([8, 2, 0, 0, 0]);
-    for (kind, body) in [
-        (b"IHDR", ihdr.as_slice()),
-        (b"IDAT", &[0x78, 0x9c, 0x03, 0x00][..]),
-        (b"IEND", &[][..]),
-    ] {
-        png.extend((body.len() as u32).to_be_bytes());
-        let mut chunk = kind.to_vec();
-        chunk.extend(body);
-        png.extend(&chunk);
-        png.extend(crc32(&chunk).to_be_bytes());
-    }
-    png
-}
-
-fn crc32(data: &[u8]) -> u32 {
-    let mut crc = 0xFFFF_FFFFu32;
-    for &b in data {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
+/// A PNG header claiming 30000×30000 pixels, a few bytes long (shared with rollcall-models).
+const PNG_BOMB: &[u8] = include_bytes!("../../models/tests/fixtures/png-bomb-30000x30000.png");
 
 fn blank_png() -> Vec<u8> {
     let img = image::RgbImage::from_pixel(320, 240, image::Rgb([200, 180, 160]));
@@ -281,109 +199,76 @@ fn blank_png() -> Vec<u8> {
 
 async fn json_validation_and_verbatim_storage(db: Db) {
     let app = spawn(db).await;
-    let res = app
-        .post("/api/v1/users")
-        .header("content-type", "application/json")
-        .body("{\"name\": ")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(error_of(res).await, (400, "bad_request".into()));
-    let res = app
-        .post("/api/v1/users")
-        .json(&json!({ "name": "A", "role": "x" }))
-        .send()
-        .await
-        .unwrap();
-    let (status, _) = error_of(res).await;
+    assert_eq!(
+        send_error(
+            app.post("/api/v1/users")
+                .header("content-type", "application/json")
+                .body("{\"name\": ")
+        )
+        .await,
+        (400, "bad_request".into())
+    );
+    let (status, _) = send_error(
+        app.post("/api/v1/users")
+            .json(&json!({ "name": "A", "role": "x" })),
+    )
+    .await;
     assert_eq!(status, 400);
-    let res = app
-        .post("/api/v1/users")
-        .json(&json!({ "name": "   " }))
-        .send()
+    assert_eq!(
+        send_error(app.post("/api/v1/users").json(&json!({ "name": "   " })))
+            .await
+            .0,
+        400
+    );
+    assert_eq!(
+        send_error(
+            app.post("/api/v1/users")
+                .json(&json!({ "name": "A", "email": "not-an-email" }))
+        )
         .await
-        .unwrap();
-    assert_eq!(error_of(res).await.0, 400);
-    let res = app
-        .post("/api/v1/users")
-        .json(&json!({ "name": "A", "email": "not-an-email" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(error_of(res).await.0, 400);
+        .0,
+        400
+    );
 
     let nasty = "Robert'); DROP TABLE users;-- <script>alert(1)</script>";
-    let res = app
-        .post("/api/v1/users")
-        .json(&json!({ "name": nasty, "department": "R&D \"<b>\"" }))
-        .send()
-        .await
-        .unwrap();
+    let res = send(
+        app.post("/api/v1/users")
+            .json(&json!({ "name": nasty, "department": "R&D \"<b>\"" })),
+    )
+    .await;
     assert_eq!(res.status(), 201);
     let id = res.json::<Value>().await.unwrap()["id"].as_i64().unwrap();
-    let back: Value = app
-        .get(&format!("/api/v1/users/{id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let back: Value = send_json(app.get(&format!("/api/v1/users/{id}"))).await;
     assert_eq!(back["name"], nasty);
     assert_eq!(back["department"], "R&D \"<b>\"");
-    let found: Value = app
-        .get("/api/v1/users?search=drop%20table")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let found: Value = send_json(app.get("/api/v1/users?search=drop%20table")).await;
     assert_eq!(found["items"].as_array().unwrap().len(), 1);
 
-    let res = app
-        .client
-        .patch(app.url(&format!("/api/v1/users/{id}")))
-        .bearer_auth(&app.admin_key)
-        .json(&json!({ "email": "a@b.org", "department": null }))
-        .send()
-        .await
-        .unwrap();
+    let res = send(
+        app.patch(&format!("/api/v1/users/{id}"))
+            .json(&json!({ "email": "a@b.org", "department": null })),
+    )
+    .await;
     let patched: Value = res.json().await.unwrap();
     assert_eq!(patched["email"], "a@b.org");
     assert_eq!(patched["department"], Value::Null);
     assert_eq!(patched["name"], nasty);
 
     assert_eq!(
-        error_of(app.get("/api/v1/users/424242").send().await.unwrap()).await,
+        send_error(app.get("/api/v1/users/424242")).await,
         (404, "not_found".into())
     );
+    assert_eq!(send_error(app.get("/api/v1/users/abc")).await.0, 404);
     assert_eq!(
-        error_of(app.get("/api/v1/users/abc").send().await.unwrap())
+        send_error(app.get("/api/v1/attendance?from=yesterday"))
             .await
             .0,
-        404
-    );
-    assert_eq!(
-        error_of(
-            app.get("/api/v1/attendance?from=yesterday")
-                .send()
-                .await
-                .unwrap()
-        )
-        .await
-        .0,
         400
     );
     assert_eq!(
-        error_of(
-            app.get("/api/v1/attendance/export?format=xls")
-                .send()
-                .await
-                .unwrap()
-        )
-        .await
-        .0,
+        send_error(app.get("/api/v1/attendance/export?format=xls"))
+            .await
+            .0,
         400
     );
 
@@ -391,144 +276,75 @@ async fn json_validation_and_verbatim_storage(db: Db) {
     for i in 0..3 {
         app.create_user(&format!("Pager {i}"), "P").await;
     }
-    let p1: Value = app
-        .get("/api/v1/users?department=P&per_page=2")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let p1: Value = send_json(app.get("/api/v1/users?department=P&per_page=2")).await;
     assert_eq!(p1["items"].as_array().unwrap().len(), 2);
     assert_eq!(p1["next_page"], 2);
-    let p2: Value = app
-        .get("/api/v1/users?department=P&per_page=2&page=2")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let p2: Value = send_json(app.get("/api/v1/users?department=P&per_page=2&page=2")).await;
     assert_eq!(p2["items"].as_array().unwrap().len(), 1);
     assert_eq!(p2["next_page"], Value::Null);
 }
 
 async fn keys_scopes_and_status_codes(db: Db) {
     let app = spawn(db).await;
-    let anon = app
-        .client
-        .get(app.url("/api/v1/users"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(error_of(anon).await, (401, "unauthorized".into()));
-    let wrong = app
-        .client
-        .get(app.url("/api/v1/users"))
-        .bearer_auth("rc_wrong")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(error_of(wrong).await.0, 401);
+    assert_eq!(
+        send_error(app.public_get("/api/v1/users")).await,
+        (401, "unauthorized".into())
+    );
+    assert_eq!(
+        send_error(app.request_as(Method::GET, "/api/v1/users", Some("rc_wrong")))
+            .await
+            .0,
+        401
+    );
 
-    let created: Value = app
-        .post("/api/v1/api-keys")
-        .json(&json!({ "name": "kiosk", "scopes": ["recognize"] }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let created: Value = send_json(
+        app.post("/api/v1/api-keys")
+            .json(&json!({ "name": "kiosk", "scopes": ["recognize"] })),
+    )
+    .await;
     let kiosk = created["key"].as_str().unwrap().to_owned();
     let kiosk_id = created["api_key"]["id"].as_i64().unwrap();
-    let listed: Value = app
-        .get("/api/v1/api-keys")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = send_json(app.get("/api/v1/api-keys")).await;
     assert!(
         !listed.to_string().contains(&kiosk),
         "secrets must never be listed"
     );
 
     // The kiosk may recognise (X-API-Key works too) but not list users or export.
-    let res = app
-        .client
-        .post(app.url("/api/v1/recognize"))
-        .header("x-api-key", &kiosk)
-        .body(person_photo("biden.jpg"))
-        .send()
-        .await
-        .unwrap();
+    let res = send(
+        app.request_as(Method::POST, "/api/v1/recognize", None)
+            .header("x-api-key", &kiosk)
+            .body(person_photo("biden.jpg")),
+    )
+    .await;
     assert_eq!(res.status(), 200);
-    let res = app
-        .client
-        .get(app.url("/api/v1/users"))
-        .bearer_auth(&kiosk)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(error_of(res).await, (403, "forbidden".into()));
-    let res = app
-        .client
-        .get(app.url("/api/v1/attendance/export"))
-        .bearer_auth(&kiosk)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(error_of(res).await.0, 403);
+    assert_eq!(
+        send_error(app.request_as(Method::GET, "/api/v1/users", Some(&kiosk))).await,
+        (403, "forbidden".into())
+    );
+    assert_eq!(
+        send_error(app.request_as(Method::GET, "/api/v1/attendance/export", Some(&kiosk)))
+            .await
+            .0,
+        403
+    );
 
-    let res = app
-        .client
-        .delete(app.url(&format!("/api/v1/api-keys/{kiosk_id}")))
-        .bearer_auth(&app.admin_key)
-        .send()
-        .await
-        .unwrap();
+    let res = send(app.delete(&format!("/api/v1/api-keys/{kiosk_id}"))).await;
     assert_eq!(res.status(), 204);
-    let res = app
-        .client
-        .post(app.url("/api/v1/recognize"))
-        .bearer_auth(&kiosk)
-        .body(person_photo("biden.jpg"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(error_of(res).await, (401, "unauthorized".into()));
+    assert_eq!(
+        send_error(
+            app.request_as(Method::POST, "/api/v1/recognize", Some(&kiosk))
+                .body(person_photo("biden.jpg"))
+        )
+        .await,
+        (401, "unauthorized".into())
+    );
 
     // Public endpoints.
-    assert_eq!(
-        app.client
-            .get(app.url("/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    let ready: Value = app
-        .client
-        .get(app.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    assert_eq!(send(app.public_get("/healthz")).await.status(), 200);
+    let ready: Value = send_json(app.public_get("/readyz")).await;
     assert_eq!(ready["database"], "ok");
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = send(app.public_get("/metrics")).await.text().await.unwrap();
     for m in [
         "rollcall_http_requests_total",
         "rollcall_stage_duration_seconds",
@@ -538,15 +354,7 @@ async fn keys_scopes_and_status_codes(db: Db) {
     ] {
         assert!(metrics.contains(m), "{m} missing from /metrics");
     }
-    let spec: Value = app
-        .client
-        .get(app.url("/api/v1/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let spec: Value = send_json(app.public_get("/api/v1/openapi.json")).await;
     for path in [
         "/api/v1/users",
         "/api/v1/users/{id}",
@@ -563,10 +371,7 @@ async fn keys_scopes_and_status_codes(db: Db) {
             "{path} missing from the OpenAPI document"
         );
     }
-    assert_eq!(
-        error_of(app.get("/nope").send().await.unwrap()).await.0,
-        404
-    );
+    assert_eq!(send_error(app.get("/nope")).await.0, 404);
 }
 
 async fn deleting_a_user_erases_biometrics(db: Db) {
@@ -590,45 +395,20 @@ async fn deleting_a_user_erases_biometrics(db: Db) {
         "a duplicate of another user's face is reported"
     );
 
-    let seen: Value = app
-        .recognize(person_photo("obama2.jpg"), "c")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let seen: Value = app.recognize_json(person_photo("obama2.jpg"), "c").await;
     assert_eq!(seen["faces"][0]["user"]["id"], user);
-    let res = app
-        .client
-        .delete(app.url(&format!("/api/v1/users/{user}")))
-        .bearer_auth(&app.admin_key)
-        .send()
-        .await
-        .unwrap();
+    let res = send(app.delete(&format!("/api/v1/users/{user}"))).await;
     assert_eq!(res.status(), 204);
     assert_eq!(app.stored_photos(), 0);
     assert_eq!(
-        app.get(&format!("/api/v1/users/{user}"))
-            .send()
+        send(app.get(&format!("/api/v1/users/{user}")))
             .await
-            .unwrap()
             .status(),
         404
     );
-    let seen: Value = app
-        .recognize(person_photo("obama2.jpg"), "c")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let seen: Value = app.recognize_json(person_photo("obama2.jpg"), "c").await;
     assert_eq!(seen["faces"][0]["user"], Value::Null, "{seen}");
-    let log: Value = app
-        .get(&format!("/api/v1/attendance?user_id={user}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let log: Value = send_json(app.get(&format!("/api/v1/attendance?user_id={user}"))).await;
     assert!(log["items"].as_array().unwrap().is_empty());
 }
 

@@ -7,8 +7,10 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 
 use rand::Rng;
+use reqwest::{Method, RequestBuilder, Response};
 use rollcall_server::app;
 use rollcall_server::config::{CommonSettings, DetectorArg, ServeSettings};
+use serde_json::Value;
 use sqlx::Connection;
 
 /// Which database a test runs on.
@@ -142,28 +144,49 @@ impl TestApp {
         format!("{}{path}", self.base)
     }
 
-    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
-        self.client.get(self.url(path)).bearer_auth(&self.admin_key)
+    /// A request to `path` with `key` as bearer token, or anonymous when `key` is `None`.
+    pub fn request_as(&self, method: Method, path: &str, key: Option<&str>) -> RequestBuilder {
+        let req = self.client.request(method, self.url(path));
+        match key {
+            Some(key) => req.bearer_auth(key),
+            None => req,
+        }
     }
 
-    pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
-        self.client
-            .post(self.url(path))
-            .bearer_auth(&self.admin_key)
+    /// An anonymous GET of `path` (the public endpoints).
+    pub fn public_get(&self, path: &str) -> RequestBuilder {
+        self.request_as(Method::GET, path, None)
+    }
+
+    /// A GET of `path` as admin.
+    pub fn get(&self, path: &str) -> RequestBuilder {
+        self.request_as(Method::GET, path, Some(&self.admin_key))
+    }
+
+    /// A POST to `path` as admin.
+    pub fn post(&self, path: &str) -> RequestBuilder {
+        self.request_as(Method::POST, path, Some(&self.admin_key))
+    }
+
+    /// A PATCH of `path` as admin.
+    pub fn patch(&self, path: &str) -> RequestBuilder {
+        self.request_as(Method::PATCH, path, Some(&self.admin_key))
+    }
+
+    /// A DELETE of `path` as admin.
+    pub fn delete(&self, path: &str) -> RequestBuilder {
+        self.request_as(Method::DELETE, path, Some(&self.admin_key))
     }
 
     /// Creates a user and returns its id.
     pub async fn create_user(&self, name: &str, department: &str) -> i64 {
-        let res = self
-            .post("/api/v1/users")
-            .json(&serde_json::json!({ "name": name, "department": department }))
-            .send()
-            .await
-            .unwrap();
+        let res = send(
+            self.post("/api/v1/users")
+                .json(&serde_json::json!({ "name": name, "department": department })),
+        )
+        .await;
         assert_eq!(res.status(), 201);
-        res.json::<serde_json::Value>().await.unwrap()["id"]
-            .as_i64()
-            .unwrap()
+        res.json::<Value>().await.unwrap()["id"].as_i64().unwrap()
     }
 
     /// Posts photos to `/users/{id}/faces`.
@@ -175,20 +198,25 @@ impl TestApp {
                 reqwest::multipart::Part::bytes(p.clone()).file_name(format!("p{i}.jpg")),
             );
         }
-        self.post(&format!("/api/v1/users/{user}/faces"))
-            .multipart(form)
-            .send()
-            .await
-            .unwrap()
+        send(
+            self.post(&format!("/api/v1/users/{user}/faces"))
+                .multipart(form),
+        )
+        .await
     }
 
     /// Posts a raw image to `/recognize`.
     pub async fn recognize(&self, image: Vec<u8>, camera: &str) -> reqwest::Response {
-        self.post(&format!("/api/v1/recognize?camera_id={camera}"))
-            .body(image)
-            .send()
-            .await
-            .unwrap()
+        send(
+            self.post(&format!("/api/v1/recognize?camera_id={camera}"))
+                .body(image),
+        )
+        .await
+    }
+
+    /// Posts a raw image to `/recognize` and parses the JSON answer.
+    pub async fn recognize_json(&self, image: Vec<u8>, camera: &str) -> Value {
+        self.recognize(image, camera).await.json().await.unwrap()
     }
 
     /// Files under the photo folder.
@@ -210,6 +238,34 @@ impl TestApp {
         }
         count(&self.photos_dir)
     }
+}
+
+/// Sends `req`; a failure to get any response panics.
+pub async fn send(req: RequestBuilder) -> Response {
+    req.send().await.unwrap()
+}
+
+/// Sends `req` and parses the JSON body of its response.
+pub async fn send_json(req: RequestBuilder) -> Value {
+    send(req).await.json().await.unwrap()
+}
+
+/// Sends `req` and returns the status and error code of its (error) response.
+pub async fn send_error(req: RequestBuilder) -> (u16, String) {
+    error_of(send(req).await).await
+}
+
+/// Status and `error.code` of an error response.
+pub async fn error_of(res: Response) -> (u16, String) {
+    let status = res.status().as_u16();
+    let body: Value = res.json().await.unwrap();
+    (
+        status,
+        body["error"]["code"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error code in {body}"))
+            .to_owned(),
+    )
 }
 
 /// Declares one async test per database backend.
