@@ -22,7 +22,7 @@ use crate::tiny_face_detector::TinyFaceDetector;
 /// Default minimum cosine similarity of two embeddings to call them the same person
 /// with dlib's float32 weights and dlib chips, calibrated on the face_recognition and face-api
 /// test photos (see the README's Accuracy section).
-pub const DEFAULT_MATCH_THRESHOLD: f32 = 0.94;
+pub const DEFAULT_MATCH_THRESHOLD: f32 = 0.92;
 
 /// Which face detector runs first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
