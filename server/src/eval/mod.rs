@@ -91,14 +91,17 @@ fn largest(faces: &[Face]) -> Option<&Face> {
         .max_by(|a, b| a.detection.bbox.area().total_cmp(&b.detection.bbox.area()))
 }
 
+/// An image and the faces the pipeline found in it.
+pub type ImageFaces = (PathBuf, Vec<Face>);
+
 /// The images of a folder of identities, with the faces the pipeline found in each.
 pub struct Dataset {
     /// The folder.
     pub dir: PathBuf,
     /// Each person's images in name order, with the faces of each image.
-    pub people: Vec<(String, Vec<(PathBuf, Vec<Face>)>)>,
+    pub people: Vec<(String, Vec<ImageFaces>)>,
     /// Images of `DIR/_unknown/`, with their faces.
-    pub strangers: Vec<(PathBuf, Vec<Face>)>,
+    pub strangers: Vec<ImageFaces>,
     /// All images, decode to embedding, per second.
     pub images_per_s: f64,
 }
@@ -154,7 +157,7 @@ impl Dataset {
         }
         let images_per_s = all.len() as f64 / started.elapsed().as_secs_f64();
         let mut faces = faces.into_iter();
-        let mut take = |paths: Vec<PathBuf>| -> Vec<(PathBuf, Vec<Face>)> {
+        let mut take = |paths: Vec<PathBuf>| -> Vec<ImageFaces> {
             paths
                 .into_iter()
                 .map(|p| (p, faces.next().unwrap_or_default()))
