@@ -2,7 +2,7 @@
 
 use std::net::TcpListener;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
@@ -11,12 +11,14 @@ use rollcall_models::pipeline::{FacePipeline, PipelineConfig};
 
 use crate::auth::{self, Scope};
 use crate::config::{CommonSettings, ServeSettings};
-use crate::index::{ExactIndex, FaceIndex};
+use crate::cache::{LocalCache, RedisCache, SharedCache};
+use crate::index::{FaceIndex, Gallery};
 use crate::metrics::Metrics;
 use crate::photos::PhotoStore;
 use crate::queue::{QueueConfig, RecognitionQueue};
 use crate::session::SessionKeys;
 use crate::store::Store;
+use crate::sync::{self, Source, StreamPosition};
 use crate::{dashboard, error, routes};
 
 /// Everything a request handler needs.
@@ -26,7 +28,11 @@ pub struct AppState {
     /// Enrolment photos.
     pub photos: PhotoStore,
     /// Enrolled faces.
-    pub index: Arc<dyn FaceIndex>,
+    pub index: Gallery,
+    /// What replicas share: events, dedupe, recent results (Redis or in-process).
+    pub cache: Arc<dyn SharedCache>,
+    /// Where the index came from at boot.
+    pub index_source: Source,
     /// Inference.
     pub queue: RecognitionQueue,
     /// Prometheus metrics.
@@ -56,6 +62,12 @@ pub enum StartError {
         /// The cause.
         source: rollcall_models::ModelError,
     },
+    /// A malformed `REDIS_URL`.
+    #[error("REDIS_URL: {0}")]
+    Redis(#[from] crate::cache::RedisError),
+    /// Building the face index.
+    #[error("building the face index: {0}")]
+    Index(#[from] crate::sync::SyncError),
     /// Binding the socket.
     #[error("binding the HTTP socket: {0}")]
     Io(#[from] std::io::Error),
@@ -97,7 +109,8 @@ pub async fn open_store(
     Ok((store, generated))
 }
 
-/// Builds the state: loads models, rebuilds the index from the database, starts the queue.
+/// Builds the state: loads models, builds the face index (see [`sync::boot`]), connects the
+/// shared cache and starts its background tasks, starts the queue.
 pub async fn build_state(
     common: &CommonSettings,
     settings: ServeSettings,
@@ -113,18 +126,44 @@ pub async fn build_state(
     };
     let pipeline = Arc::new(load_pipeline(common, config)?);
     let model_version = pipeline.model_version();
-    let started = Instant::now();
-    let index: Arc<dyn FaceIndex> = Arc::new(ExactIndex::new());
-    let embeddings = store.active_embeddings().await?;
-    for e in &embeddings {
-        index.upsert(e.face_id, e.user_id, &e.embedding);
-    }
+    let redis = match &settings.redis_url {
+        Some(url) => Some(RedisCache::open(url, metrics.clone()).await?),
+        None => None,
+    };
+    let (index, report) = sync::boot(
+        &store,
+        redis.as_deref(),
+        settings.snapshot_path(),
+        settings.index_policy(),
+    )
+    .await?;
     metrics.index_size.set(index.len() as i64);
-    tracing::info!(
-        faces = index.len(),
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "face index built from the database"
-    );
+    let position = Arc::new(StreamPosition::new(report.stream_id.clone()));
+    if let Some(path) = settings.snapshot_path() {
+        let fresh = report.source == Source::Snapshot
+            && report.added + report.removed + report.replayed == 0;
+        sync::spawn_snapshots(
+            index.clone(),
+            path.to_owned(),
+            Duration::from_secs(settings.snapshot_interval_secs.max(1)),
+            position.clone(),
+            fresh.then(|| index.generation()),
+        );
+    }
+    let cache: Arc<dyn SharedCache> = match redis {
+        Some(redis) => {
+            redis.spawn_watchdog(store.clone());
+            sync::spawn_follower(
+                redis.clone(),
+                index.clone(),
+                store.clone(),
+                position,
+                metrics.clone(),
+            );
+            redis
+        }
+        None => Arc::new(LocalCache::default()),
+    };
     let queue = RecognitionQueue::start(
         pipeline,
         QueueConfig {
@@ -138,6 +177,8 @@ pub async fn build_state(
         store,
         photos,
         index,
+        cache,
+        index_source: report.source,
         queue,
         metrics,
         settings,

@@ -93,6 +93,32 @@ pub struct ServeSettings {
     #[arg(long, env = "ROLLCALL_ADMIN_KEY", hide_env_values = true)]
     pub admin_key: Option<String>,
 
+    /// Redis shared by replicas (`redis://HOST:PORT/DB`): embedding mirror, gallery events,
+    /// attendance dedupe and recent results. Unset: an in-process cache (one replica).
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// Galleries of at least this many faces are searched with HNSW, smaller ones exactly.
+    #[arg(long, env = "ROLLCALL_HNSW_THRESHOLD", default_value_t = 20_000)]
+    pub hnsw_threshold: usize,
+
+    /// HNSW candidates explored per search: higher finds the true best match more often and
+    /// costs more time.
+    #[arg(long, env = "ROLLCALL_HNSW_EF_SEARCH", default_value_t = crate::index::HnswParams::default().ef_search)]
+    pub hnsw_ef_search: usize,
+
+    /// Index snapshot file read at boot and rewritten when the index changed (empty: none).
+    #[arg(long, env = "ROLLCALL_INDEX_SNAPSHOT", default_value = "data/face-index.bin")]
+    pub index_snapshot: PathBuf,
+
+    /// Seconds between index snapshots (written only when the index changed).
+    #[arg(long, env = "ROLLCALL_SNAPSHOT_INTERVAL_SECS", default_value_t = 300)]
+    pub snapshot_interval_secs: u64,
+
+    /// Seconds a recognition result is reused for the same face (by perceptual hash); 0: off.
+    #[arg(long, env = "ROLLCALL_RESULT_CACHE_SECS", default_value_t = 10)]
+    pub result_cache_secs: u64,
+
     /// Secret that signs dashboard session cookies. When unset, one is generated on first start
     /// and kept in the database, so every replica shares it.
     #[arg(long, env = "ROLLCALL_SESSION_KEY", hide_env_values = true)]
@@ -103,6 +129,24 @@ impl ServeSettings {
     /// The dedupe window.
     pub fn dedupe_window(&self) -> chrono::Duration {
         chrono::Duration::seconds(self.dedupe_window_secs as i64)
+    }
+
+    /// The index policy of these settings.
+    pub fn index_policy(&self) -> crate::index::IndexPolicy {
+        let default = crate::index::IndexPolicy::default();
+        crate::index::IndexPolicy {
+            hnsw_threshold: self.hnsw_threshold,
+            hnsw: crate::index::HnswParams {
+                ef_search: self.hnsw_ef_search,
+                ..default.hnsw
+            },
+            ..default
+        }
+    }
+
+    /// The snapshot file, unless disabled.
+    pub fn snapshot_path(&self) -> Option<&std::path::Path> {
+        (!self.index_snapshot.as_os_str().is_empty()).then_some(self.index_snapshot.as_path())
     }
 
     /// The batching wait.

@@ -2,19 +2,23 @@
 
 pub mod app;
 pub mod auth;
+pub mod cache;
 pub mod config;
 pub mod dashboard;
+pub mod dedupe;
 pub mod error;
 pub mod eval;
 pub mod index;
 pub mod metrics;
 pub mod photos;
+pub mod phash;
 pub mod queue;
 pub mod reports;
 pub mod routes;
 pub mod session;
 pub mod settings;
 pub mod store;
+pub mod sync;
 pub mod upload;
 
 /// Default match threshold (cosine similarity), from the models crate.

@@ -1,4 +1,5 @@
-//! Prometheus metrics: HTTP requests, inference stages, batching, queue depth, index size.
+//! Prometheus metrics: HTTP requests, inference stages, batching, queue depth, index size,
+//! the recent-result cache, gallery events and Redis reachability.
 
 use prometheus::{
     exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts,
@@ -22,6 +23,12 @@ pub struct Metrics {
     pub index_size: IntGauge,
     /// Recognised faces by outcome (`known`, `unknown`, `low_quality`).
     pub faces: IntCounterVec,
+    /// Recent-result cache lookups by outcome (`hit`, `miss`).
+    pub result_cache: IntCounterVec,
+    /// Gallery events applied from the stream, by kind (`upsert`, `remove_user`, `resync`).
+    pub index_events: IntCounterVec,
+    /// 1 while Redis answers; 0 while it does not, or without Redis.
+    pub redis_up: IntGauge,
 }
 
 impl Metrics {
@@ -69,6 +76,27 @@ impl Metrics {
             &["outcome"],
         )
         .expect("valid metric");
+        let result_cache = IntCounterVec::new(
+            Opts::new(
+                "rollcall_result_cache_total",
+                "Recent-result cache lookups by outcome",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        for outcome in ["hit", "miss"] {
+            result_cache.with_label_values(&[outcome]);
+        }
+        let index_events = IntCounterVec::new(
+            Opts::new(
+                "rollcall_index_events_total",
+                "Gallery events applied from the shared stream",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
+        let redis_up = IntGauge::new("rollcall_redis_up", "Whether Redis answers (1) or not (0)")
+            .expect("valid metric");
         for c in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_latency.clone()),
@@ -77,6 +105,9 @@ impl Metrics {
             Box::new(queue_depth.clone()),
             Box::new(index_size.clone()),
             Box::new(faces.clone()),
+            Box::new(result_cache.clone()),
+            Box::new(index_events.clone()),
+            Box::new(redis_up.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -89,6 +120,9 @@ impl Metrics {
             queue_depth,
             index_size,
             faces,
+            result_cache,
+            index_events,
+            redis_up,
         }
     }
 

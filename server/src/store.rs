@@ -143,7 +143,7 @@ pub struct NewFace {
 }
 
 /// A face embedding with its owner, as the index needs it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StoredEmbedding {
     /// Face id.
     pub face_id: i64,
@@ -373,6 +373,19 @@ fn attendance_row(r: &AnyRow) -> Result<AttendanceRecord, sqlx::Error> {
         bbox: box_row(r)?,
         source: r.try_get("source")?,
     })
+}
+
+fn embedding_rows(rows: &[AnyRow]) -> StoreResult<Vec<StoredEmbedding>> {
+    rows.iter()
+        .map(|r| {
+            Ok(StoredEmbedding {
+                face_id: r.try_get("id")?,
+                user_id: r.try_get("user_id")?,
+                embedding: embedding_from_bytes(&r.try_get::<Vec<u8>, _>("embedding")?),
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(Into::into)
 }
 
 /// A bound value of a dynamically built query.
@@ -656,24 +669,78 @@ impl Store {
         Ok(rows.iter().map(face_row).collect::<Result<_, _>>()?)
     }
 
-    /// Every embedding of an active user, for building the face index.
-    pub async fn active_embeddings(&self) -> StoreResult<Vec<StoredEmbedding>> {
+    /// Embeddings of active users' faces with ids above `after`, by id, at most `limit`: the
+    /// face index is built page by page from these.
+    pub async fn active_embeddings_after(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<StoredEmbedding>> {
         let rows = sqlx::query(
             "SELECT f.id, f.user_id, f.embedding FROM faces f JOIN users u ON u.id = f.user_id \
+             WHERE u.deactivated_at IS NULL AND f.id > $1 ORDER BY f.id LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        embedding_rows(&rows)
+    }
+
+    /// Embeddings of the faces of `ids` whose user is active (unknown ids are skipped).
+    pub async fn active_embeddings_of(&self, ids: &[i64]) -> StoreResult<Vec<StoredEmbedding>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(500) {
+            let list = (1..=chunk.len())
+                .map(|i| format!("${i}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            let sql = format!(
+                "SELECT f.id, f.user_id, f.embedding FROM faces f JOIN users u ON u.id = f.user_id \
+                 WHERE u.deactivated_at IS NULL AND f.id IN ({list}) ORDER BY f.id"
+            );
+            let q = chunk
+                .iter()
+                .fold(sqlx::query(&sql), |q, id| q.bind(*id));
+            out.extend(embedding_rows(&q.fetch_all(&self.pool).await?)?);
+        }
+        Ok(out)
+    }
+
+    /// Embeddings of user `user_id`'s faces.
+    pub async fn user_embeddings(&self, user_id: i64) -> StoreResult<Vec<StoredEmbedding>> {
+        let rows = sqlx::query(
+            "SELECT id, user_id, embedding FROM faces WHERE user_id = $1 ORDER BY id",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?;
+        embedding_rows(&rows)
+    }
+
+    /// `(face_id, user_id)` of every face of an active user, by id: what the index must hold.
+    pub async fn active_face_ids(&self) -> StoreResult<Vec<(i64, i64)>> {
+        let rows = sqlx::query(
+            "SELECT f.id, f.user_id FROM faces f JOIN users u ON u.id = f.user_id \
              WHERE u.deactivated_at IS NULL ORDER BY f.id",
         )
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|r| {
-                Ok(StoredEmbedding {
-                    face_id: r.try_get("id")?,
-                    user_id: r.try_get("user_id")?,
-                    embedding: embedding_from_bytes(&r.try_get::<Vec<u8>, _>("embedding")?),
-                })
-            })
+            .map(|r| Ok((r.try_get("id")?, r.try_get("user_id")?)))
             .collect::<Result<_, sqlx::Error>>()
             .map_err(Into::into)
+    }
+
+    /// Number of faces of active users.
+    pub async fn count_active_faces(&self) -> StoreResult<i64> {
+        Ok(sqlx::query(
+            "SELECT COUNT(*) AS n FROM faces f JOIN users u ON u.id = f.user_id \
+             WHERE u.deactivated_at IS NULL",
+        )
+        .fetch_one(&self.pool)
+        .await?
+        .try_get("n")?)
     }
 
     // ---- attendance ----
@@ -744,6 +811,33 @@ impl Store {
         };
         tx.commit().await?;
         Ok(marked)
+    }
+
+    /// Folds a sighting into mark `id` of the same user when its last sighting is within
+    /// `window`; `None` when there is no such mark (deleted, or the window has passed), and the
+    /// caller records the sighting the full way. This is the cheap path after a dedupe key said
+    /// the user already has a mark.
+    pub async fn fold_sighting(
+        &self,
+        id: i64,
+        s: &Sighting,
+        window: chrono::Duration,
+    ) -> StoreResult<Option<Marked>> {
+        let at = ms(s.at);
+        let done = sqlx::query(
+            "UPDATE attendance SET last_seen_at = CASE WHEN last_seen_at > $1 THEN last_seen_at ELSE $1 END, \
+             sightings = sightings + 1 WHERE id = $2 AND user_id = $3 AND last_seen_at >= $4",
+        )
+        .bind(at)
+        .bind(id)
+        .bind(s.user_id)
+        .bind(at - window.num_milliseconds())
+        .execute(&self.pool)
+        .await?;
+        Ok((done.rows_affected() == 1).then_some(Marked {
+            id,
+            recorded: false,
+        }))
     }
 
     /// Attendance marks matching `filter`, newest first; `page = None` returns all of them.

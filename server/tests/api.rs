@@ -344,6 +344,10 @@ async fn keys_scopes_and_status_codes(db: Db) {
     assert_eq!(send(app.public_get("/healthz")).await.status(), 200);
     let ready: Value = send_json(app.public_get("/readyz")).await;
     assert_eq!(ready["database"], "ok");
+    assert_eq!(
+        (&ready["status"], &ready["cache"], &ready["redis"]),
+        (&Value::from("ready"), &Value::from("local"), &Value::from("disabled"))
+    );
     let metrics = send(app.public_get("/metrics")).await.text().await.unwrap();
     for m in [
         "rollcall_http_requests_total",
@@ -351,6 +355,8 @@ async fn keys_scopes_and_status_codes(db: Db) {
         "rollcall_batch_size",
         "rollcall_queue_depth",
         "rollcall_index_faces",
+        "rollcall_result_cache_total",
+        "rollcall_redis_up",
     ] {
         assert!(metrics.contains(m), "{m} missing from /metrics");
     }

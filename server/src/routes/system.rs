@@ -9,6 +9,7 @@ use actix_web::{web, HttpResponse};
 use serde_json::json;
 
 use crate::app::AppState;
+use crate::index::FaceIndex;
 
 /// The OpenAPI 3 document of the API.
 pub const OPENAPI: &str = include_str!("../../openapi.json");
@@ -18,14 +19,30 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
 
-/// `GET /readyz`: models loaded (they are before the server listens) and the database reachable.
+/// `GET /readyz`: models loaded (they are before the server listens), the database reachable,
+/// and the shared cache: `degraded` (still 200) while Redis is unreachable, when requests are
+/// served from the database and memory.
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let database = state.store.ping().await;
+    let cache = state.cache.health().await;
+    let status = match (database, cache.ok) {
+        (false, _) => "unavailable",
+        (true, false) => "degraded",
+        (true, true) => "ready",
+    };
     let body = json!({
-        "status": if database { "ready" } else { "unavailable" },
+        "status": status,
         "models": "loaded",
         "database": if database { "ok" } else { "unreachable" },
+        "cache": cache.backend,
+        "redis": match (cache.backend, cache.ok) {
+            ("redis", true) => "ok",
+            ("redis", false) => "unreachable",
+            _ => "disabled",
+        },
         "index_faces": state.index.len(),
+        "index_kind": state.index.kind(),
+        "index_source": state.index_source.as_str(),
     });
     if database {
         HttpResponse::Ok().json(body)

@@ -11,7 +11,9 @@ use serde_json::json;
 
 use crate::app::AppState;
 use crate::auth::{authorize, Scope};
+use crate::cache::IndexEvent;
 use crate::error::ApiError;
+use crate::index::{FaceIndex, StoredEmbedding};
 use crate::routes::PageQuery;
 use crate::settings::RuntimeSettings;
 use crate::store::{FaceRecord, NewFace, NewUser, UserFilter, UserPatch};
@@ -164,7 +166,8 @@ pub async fn get(
     Ok(HttpResponse::Ok().json(body))
 }
 
-/// `PATCH /users/{id}`; deactivating removes the user from recognition, activating restores it.
+/// `PATCH /users/{id}`; deactivating removes the user from recognition, activating restores it
+/// (on every replica, through the shared cache's events).
 pub async fn update(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -187,17 +190,22 @@ pub async fn update(
         active: b.active,
     };
     let user = state.store.update_user(*id, &patch).await?;
-    state.index.remove_user(user.id);
+    let faces = state.store.user_embeddings(user.id).await?;
     if user.active {
-        for e in state
-            .store
-            .active_embeddings()
-            .await?
-            .into_iter()
-            .filter(|e| e.user_id == user.id)
-        {
+        for e in faces {
             state.index.upsert(e.face_id, e.user_id, &e.embedding);
+            state.cache.publish(IndexEvent::Upsert(e)).await;
         }
+    } else {
+        state.index.remove_user(user.id);
+        let face_ids = faces.iter().map(|e| e.face_id).collect();
+        state
+            .cache
+            .publish(IndexEvent::RemoveUser {
+                user_id: user.id,
+                face_ids,
+            })
+            .await;
     }
     state
         .store
@@ -218,8 +226,22 @@ pub async fn delete(
     id: web::Path<i64>,
 ) -> Result<HttpResponse, ApiError> {
     let key = authorize(&req, &state.store, Scope::Admin).await?;
+    let face_ids = state
+        .store
+        .list_faces(*id)
+        .await?
+        .iter()
+        .map(|f| f.id)
+        .collect();
     let photo_keys = state.store.delete_user(*id).await?;
     state.index.remove_user(*id);
+    state
+        .cache
+        .publish(IndexEvent::RemoveUser {
+            user_id: *id,
+            face_ids,
+        })
+        .await;
     for photo in &photo_keys {
         if let Err(e) = state.photos.delete(photo).await {
             tracing::warn!(error = %e, photo, "could not delete a photo of a deleted user");
@@ -338,6 +360,14 @@ pub async fn enroll(
     if user.active {
         for (record, new) in stored.iter().zip(&new_faces) {
             state.index.upsert(record.id, user.id, &new.embedding);
+            state
+                .cache
+                .publish(IndexEvent::Upsert(StoredEmbedding {
+                    face_id: record.id,
+                    user_id: user.id,
+                    embedding: new.embedding.clone(),
+                }))
+                .await;
         }
     }
     state

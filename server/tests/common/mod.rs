@@ -64,7 +64,8 @@ fn postgres_base() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
 
-async fn fresh_database(db: Db, tmp: &tempfile::TempDir) -> String {
+/// A new, empty database of kind `db` (SQLite inside `tmp`).
+pub async fn fresh_database(db: Db, tmp: &tempfile::TempDir) -> String {
     match db {
         Db::Sqlite => format!("sqlite://{}", tmp.path().join("rollcall.db").display()),
         Db::Postgres => {
@@ -100,6 +101,12 @@ pub fn settings(tmp: &tempfile::TempDir) -> ServeSettings {
             rand::thread_rng().gen::<u64>()
         )),
         session_key: None,
+        redis_url: None,
+        hnsw_threshold: 20_000,
+        hnsw_ef_search: 96,
+        index_snapshot: PathBuf::new(),
+        snapshot_interval_secs: 300,
+        result_cache_secs: 10,
     }
 }
 
