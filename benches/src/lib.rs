@@ -1,4 +1,5 @@
-//! Shared inputs of the benchmarks: real photos from `scripts/fetch-assets.sh`.
+//! Shared inputs of the benchmarks: real photos from `scripts/fetch-assets.sh`, synthetic
+//! face embeddings, and small measuring helpers.
 
 use std::path::PathBuf;
 
@@ -31,4 +32,100 @@ pub fn load(path: PathBuf) -> RgbImage {
 pub fn frame(n: usize) -> RgbImage {
     let img = load(model_dir().join(format!("demo/sample{n}.jpg")));
     image::imageops::resize(&img, 640, 480, FilterType::Triangle)
+}
+
+/// Synthetic face embeddings shaped like real ones: 128-D, L2-normalised, identities spread in
+/// a cone (two different people score about 0.75, like dlib descriptors) and each identity's
+/// faces close together (two photos of one person score about 0.93).
+pub mod synthetic {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    use rollcall_server::index::StoredEmbedding;
+
+    /// Dimension of the embeddings.
+    pub const DIM: usize = 128;
+
+    /// A gallery and queries drawn from it.
+    pub struct Data {
+        /// `faces` faces, `per_user` per identity, face ids from 1.
+        pub gallery: Vec<StoredEmbedding>,
+        /// New photos (noisy samples) of random enrolled identities.
+        pub queries: Vec<Vec<f32>>,
+    }
+
+    fn normalise(v: &mut [f32]) {
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.iter_mut().for_each(|x| *x /= n);
+    }
+
+    struct Gauss(StdRng);
+
+    impl Gauss {
+        fn next(&mut self) -> f32 {
+            let u: f32 = self.0.gen_range(1e-7..1.0);
+            let v: f32 = self.0.gen();
+            (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos()
+        }
+
+        fn vector(&mut self, scale: f32) -> Vec<f32> {
+            let s = scale / (DIM as f32).sqrt();
+            (0..DIM).map(|_| self.next() * s).collect()
+        }
+    }
+
+    /// `faces` gallery faces (`per_user` per identity) and `queries` queries, reproducibly.
+    pub fn clustered(faces: usize, per_user: usize, queries: usize, seed: u64) -> Data {
+        let mut g = Gauss(StdRng::seed_from_u64(seed));
+        let mut axis = g.vector(1.0);
+        normalise(&mut axis);
+        let users = faces.div_ceil(per_user);
+        let centres: Vec<Vec<f32>> = (0..users)
+            .map(|_| {
+                let mut c: Vec<f32> = g
+                    .vector(1.0)
+                    .iter()
+                    .zip(&axis)
+                    .map(|(z, a)| a * 1.73 + z)
+                    .collect();
+                normalise(&mut c);
+                c
+            })
+            .collect();
+        let sample = |g: &mut Gauss, c: &[f32]| {
+            let mut v: Vec<f32> = g.vector(0.27).iter().zip(c).map(|(w, c)| c + w).collect();
+            normalise(&mut v);
+            v
+        };
+        let gallery = (0..faces)
+            .map(|i| StoredEmbedding {
+                face_id: i as i64 + 1,
+                user_id: (i / per_user) as i64 + 1,
+                embedding: sample(&mut g, &centres[i / per_user]),
+            })
+            .collect();
+        let queries = (0..queries)
+            .map(|_| {
+                let u = g.0.gen_range(0..users);
+                sample(&mut g, &centres[u])
+            })
+            .collect();
+        Data { gallery, queries }
+    }
+}
+
+/// Resident memory of this process in bytes (Linux `/proc/self/statm`; 0 elsewhere).
+pub fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4096)
+}
+
+/// The `p`-th percentile (0–100) of sorted `values`.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
 }

@@ -10,8 +10,8 @@ use candle_core::Device;
 use rollcall_models::pipeline::{FacePipeline, PipelineConfig};
 
 use crate::auth::{self, Scope};
-use crate::config::{CommonSettings, ServeSettings};
 use crate::cache::{LocalCache, RedisCache, SharedCache};
+use crate::config::{CommonSettings, ServeSettings};
 use crate::index::{FaceIndex, Gallery};
 use crate::metrics::Metrics;
 use crate::photos::PhotoStore;

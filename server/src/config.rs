@@ -108,8 +108,12 @@ pub struct ServeSettings {
     pub hnsw_ef_search: usize,
 
     /// Index snapshot file read at boot and rewritten when the index changed (empty: none).
-    #[arg(long, env = "ROLLCALL_INDEX_SNAPSHOT", default_value = "data/face-index.bin")]
-    pub index_snapshot: PathBuf,
+    #[arg(
+        long,
+        env = "ROLLCALL_INDEX_SNAPSHOT",
+        default_value = "data/face-index.bin"
+    )]
+    pub index_snapshot: String,
 
     /// Seconds between index snapshots (written only when the index changed).
     #[arg(long, env = "ROLLCALL_SNAPSHOT_INTERVAL_SECS", default_value_t = 300)]
@@ -146,7 +150,8 @@ impl ServeSettings {
 
     /// The snapshot file, unless disabled.
     pub fn snapshot_path(&self) -> Option<&std::path::Path> {
-        (!self.index_snapshot.as_os_str().is_empty()).then_some(self.index_snapshot.as_path())
+        let path = self.index_snapshot.trim();
+        (!path.is_empty()).then_some(std::path::Path::new(path))
     }
 
     /// The batching wait.

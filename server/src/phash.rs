@@ -51,7 +51,11 @@ mod tests {
         assert_eq!(face_hash(&frame(0), face), face_hash(&frame(0), face));
         assert_ne!(face_hash(&frame(0), face), face_hash(&frame(0), elsewhere));
         // A box hanging over the border is clipped, not a panic.
-        let border = FaceBox { x: 190.0, y: 140.0, ..face };
+        let border = FaceBox {
+            x: 190.0,
+            y: 140.0,
+            ..face
+        };
         face_hash(&frame(0), border);
     }
 }

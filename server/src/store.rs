@@ -699,9 +699,7 @@ impl Store {
                 "SELECT f.id, f.user_id, f.embedding FROM faces f JOIN users u ON u.id = f.user_id \
                  WHERE u.deactivated_at IS NULL AND f.id IN ({list}) ORDER BY f.id"
             );
-            let q = chunk
-                .iter()
-                .fold(sqlx::query(&sql), |q, id| q.bind(*id));
+            let q = chunk.iter().fold(sqlx::query(&sql), |q, id| q.bind(*id));
             out.extend(embedding_rows(&q.fetch_all(&self.pool).await?)?);
         }
         Ok(out)
@@ -709,12 +707,11 @@ impl Store {
 
     /// Embeddings of user `user_id`'s faces.
     pub async fn user_embeddings(&self, user_id: i64) -> StoreResult<Vec<StoredEmbedding>> {
-        let rows = sqlx::query(
-            "SELECT id, user_id, embedding FROM faces WHERE user_id = $1 ORDER BY id",
-        )
-        .bind(user_id)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows =
+            sqlx::query("SELECT id, user_id, embedding FROM faces WHERE user_id = $1 ORDER BY id")
+                .bind(user_id)
+                .fetch_all(&self.pool)
+                .await?;
         embedding_rows(&rows)
     }
 

@@ -62,6 +62,9 @@ pub struct BootReport {
     pub faces: usize,
     /// Index kind.
     pub kind: &'static str,
+    /// Of the wall time, building the index structure (the HNSW graph, when the gallery is
+    /// large enough).
+    pub build: Duration,
     /// Stream id the follower continues after (`None` when Redis was unreachable).
     pub stream_id: Option<String>,
     /// Wall time.
@@ -107,7 +110,11 @@ async fn load_database(store: &Store) -> Result<Vec<StoredEmbedding>, StoreError
         after = last.face_id;
         out.extend(page);
         if out.len() >= next_log {
-            tracing::info!(read = out.len(), of = total, "reading faces from the database");
+            tracing::info!(
+                read = out.len(),
+                of = total,
+                "reading faces from the database"
+            );
             next_log += PROGRESS_EVERY;
         }
     }
@@ -210,12 +217,19 @@ pub async fn boot(
         }
     };
     let loaded = entries.len();
-    tracing::info!(faces = loaded, source = source.as_str(), "building the face index");
+    tracing::info!(
+        faces = loaded,
+        source = source.as_str(),
+        "building the face index"
+    );
+    let built = Instant::now();
     let gallery = tokio::task::spawn_blocking(move || Gallery::build(&entries, policy))
         .await
         .expect("index build does not panic");
+    let build = built.elapsed();
     let mut replayed = 0;
-    if let (Some(r), Some(id), Some(_)) = (redis, snapshot_id.filter(|i| !i.is_empty()), &stream_id) {
+    let redis_up = stream_id.is_some();
+    if let (Some(r), Some(id), true) = (redis, snapshot_id.filter(|i| !i.is_empty()), redis_up) {
         match replay(r, &gallery, id).await {
             Ok((last, n)) => {
                 replayed = n;
@@ -233,6 +247,7 @@ pub async fn boot(
         removed,
         faces: gallery.len(),
         kind: gallery.kind(),
+        build,
         stream_id,
         elapsed: started.elapsed(),
     };
@@ -244,6 +259,7 @@ pub async fn boot(
         removed,
         faces = report.faces,
         kind = report.kind,
+        build_ms = build.as_millis() as u64,
         elapsed_ms = report.elapsed.as_millis() as u64,
         "face index ready"
     );
@@ -328,7 +344,7 @@ pub fn spawn_snapshots(
             let generation = index.generation();
             if written != Some(generation) {
                 let index = index.clone();
-                let path = path.clone();
+                let target = path.clone();
                 let position = position.clone();
                 let done = tokio::task::spawn_blocking(move || {
                     let started = Instant::now();
@@ -336,7 +352,7 @@ pub fn spawn_snapshots(
                     let stream_id = position.get().unwrap_or_default();
                     let entries = index.entries();
                     let faces = entries.len();
-                    snapshot::write(&path, &Snapshot { stream_id, entries })
+                    snapshot::write(&target, &Snapshot { stream_id, entries })
                         .map(|()| (faces, started.elapsed()))
                 })
                 .await;

@@ -346,7 +346,11 @@ async fn keys_scopes_and_status_codes(db: Db) {
     assert_eq!(ready["database"], "ok");
     assert_eq!(
         (&ready["status"], &ready["cache"], &ready["redis"]),
-        (&Value::from("ready"), &Value::from("local"), &Value::from("disabled"))
+        (
+            &Value::from("ready"),
+            &Value::from("local"),
+            &Value::from("disabled")
+        )
     );
     let metrics = send(app.public_get("/metrics")).await.text().await.unwrap();
     for m in [

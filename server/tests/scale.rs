@@ -208,8 +208,11 @@ impl Replica {
             reqwest::multipart::Part::bytes(person_photo(photo)).file_name("p.jpg"),
         );
         let res = send(
-            self.request(reqwest::Method::POST, &format!("/api/v1/users/{user}/faces"))
-                .multipart(form),
+            self.request(
+                reqwest::Method::POST,
+                &format!("/api/v1/users/{user}/faces"),
+            )
+            .multipart(form),
         )
         .await;
         assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
@@ -249,11 +252,17 @@ async fn replicas_share_the_gallery_dedupe_and_survive_a_redis_outage() {
     // Enrolled on A, known to B within a second: B recognises another photo.
     let obama = a.create_user("Barack Obama").await;
     a.enroll(obama, "obama.jpg").await;
-    within(Duration::from_secs(1), "B applies A's enrolment", || async {
-        b.faces().await == 1
-    })
+    within(
+        Duration::from_secs(1),
+        "B applies A's enrolment",
+        || async { b.faces().await == 1 },
+    )
     .await;
-    assert_eq!(redis.mirrored_faces().await, 1, "the mirror holds the embedding");
+    assert_eq!(
+        redis.mirrored_faces().await,
+        1,
+        "the mirror holds the embedding"
+    );
 
     // Both replicas see him at the same moment: one attendance mark, two sightings.
     let ((ua, ma), (ub, mb)) = tokio::join!(a.recognize("obama2.jpg"), b.recognize("obama2.jpg"));
@@ -278,7 +287,11 @@ async fn replicas_share_the_gallery_dedupe_and_survive_a_redis_outage() {
         .query_async(&mut redis.conn().await)
         .await
         .unwrap();
-    assert_eq!(dedupe_key, ma["id"].as_i64(), "the dedupe key names the mark");
+    assert_eq!(
+        dedupe_key,
+        ma["id"].as_i64(),
+        "the dedupe key names the mark"
+    );
 
     // Deleted on B, unknown to A within a second.
     let res = send(b.request(reqwest::Method::DELETE, &format!("/api/v1/users/{obama}"))).await;
@@ -307,14 +320,18 @@ async fn replicas_share_the_gallery_dedupe_and_survive_a_redis_outage() {
 
     // Redis returns, empty: the mirror is rebuilt and B catches up on what it missed.
     redis.restart();
-    within(Duration::from_secs(20), "B catches up after the outage", || async {
-        b.faces().await == 1
-    })
+    within(
+        Duration::from_secs(20),
+        "B catches up after the outage",
+        || async { b.faces().await == 1 },
+    )
     .await;
     assert_eq!(b.recognize("biden.jpg").await.0, json!(biden));
-    within(Duration::from_secs(20), "the mirror is re-synced", || async {
-        redis.mirrored_faces().await == 1
-    })
+    within(
+        Duration::from_secs(20),
+        "the mirror is re-synced",
+        || async { redis.mirrored_faces().await == 1 },
+    )
     .await;
     for r in [&a, &b] {
         within(Duration::from_secs(10), "ready again", || async {
@@ -334,11 +351,15 @@ async fn replicas_share_the_gallery_dedupe_and_survive_a_redis_outage() {
     drop(c);
 
     // A restarts from its snapshot (written within a second of a change) and resumes.
-    within(Duration::from_secs(20), "A's snapshot holds Biden", || async {
-        snapshot::read(&a_snapshot).is_ok_and(|s| {
-            s.entries.len() == 1 && s.entries[0].user_id == biden && !s.stream_id.is_empty()
-        })
-    })
+    within(
+        Duration::from_secs(20),
+        "A's snapshot holds Biden",
+        || async {
+            snapshot::read(&a_snapshot).is_ok_and(|s| {
+                s.entries.len() == 1 && s.entries[0].user_id == biden && !s.stream_id.is_empty()
+            })
+        },
+    )
     .await;
     drop(a);
     let a = Replica::start("a", &db, &redis.url(), &key, tmp.path(), Some(&a_snapshot)).await;
@@ -368,10 +389,17 @@ async fn one_replica_without_redis_caches_results_and_dedupes_in_process() {
         "{ready}"
     );
     let obama = app.create_user("Barack Obama", "Office").await;
-    assert_eq!(app.enroll(obama, &[person_photo("obama.jpg")]).await.status(), 201);
-    within(Duration::from_secs(30), "the gallery turns to HNSW", || async {
-        send_json(app.public_get("/readyz")).await["index_kind"] == "hnsw"
-    })
+    assert_eq!(
+        app.enroll(obama, &[person_photo("obama.jpg")])
+            .await
+            .status(),
+        201
+    );
+    within(
+        Duration::from_secs(30),
+        "the gallery turns to HNSW",
+        || async { send_json(app.public_get("/readyz")).await["index_kind"] == "hnsw" },
+    )
     .await;
 
     // The same frame twice: the second answer comes from the result cache and folds into the
@@ -387,8 +415,14 @@ async fn one_replica_without_redis_caches_results_and_dedupes_in_process() {
         json!({ "id": mark, "recorded": false })
     );
     let body = send(app.public_get("/metrics")).await.text().await.unwrap();
-    assert_eq!(metric(&body, "rollcall_result_cache_total{outcome=\"hit\"}"), 1.0);
-    assert_eq!(metric(&body, "rollcall_result_cache_total{outcome=\"miss\"}"), 1.0);
+    assert_eq!(
+        metric(&body, "rollcall_result_cache_total{outcome=\"hit\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(&body, "rollcall_result_cache_total{outcome=\"miss\"}"),
+        1.0
+    );
 
     // A deactivated user is not named from the cache.
     let res = send(

@@ -87,8 +87,7 @@ fn parse_mirror(face: &str, value: &[u8]) -> Result<StoredEmbedding, RedisError>
 }
 
 fn field<T: redis::FromRedisValue>(map: &HashMap<String, Value>, name: &str) -> Option<T> {
-    map.get(name)
-        .and_then(|v| redis::from_redis_value(v).ok())
+    map.get(name).and_then(|v| redis::from_redis_value(v).ok())
 }
 
 fn parse_event(id: &str, map: &HashMap<String, Value>) -> Result<IndexEvent, RedisError> {
@@ -124,7 +123,10 @@ fn dedupe_key(user_id: i64, window: Duration) -> String {
 }
 
 fn result_key(key: ResultKey) -> String {
-    format!("rollcall:result:{:08x}:{:016x}", key.threshold_bits, key.hash)
+    format!(
+        "rollcall:result:{:08x}:{:016x}",
+        key.threshold_bits, key.hash
+    )
 }
 
 impl RedisCache {
@@ -248,10 +250,9 @@ impl RedisCache {
     /// Number of faces in the mirror.
     pub async fn mirror_len(&self) -> Result<usize, RedisError> {
         let mut conn = self.conn()?;
-        Ok(conn
-            .hlen(FACES_MIRROR)
+        conn.hlen(FACES_MIRROR)
             .await
-            .map_err(|e| self.redis_failed("reading the mirror", e))?)
+            .map_err(|e| self.redis_failed("reading the mirror", e))
     }
 
     /// Every face of the mirror.
@@ -464,7 +465,11 @@ impl SharedCache for RedisCache {
         async move {
             let Ok(mut conn) = self.conn() else { return };
             let done: Result<(), _> = conn
-                .set_ex(dedupe_key(user_id, window), mark_id, window.as_secs().max(1))
+                .set_ex(
+                    dedupe_key(user_id, window),
+                    mark_id,
+                    window.as_secs().max(1),
+                )
                 .await;
             if let Err(e) = done {
                 self.failed("recording a mark", &RedisError::Redis(e));
@@ -483,7 +488,11 @@ impl SharedCache for RedisCache {
                     return None;
                 }
             };
-            let mut parts = value?.splitn(3, ':').map(str::to_owned).collect::<Vec<_>>().into_iter();
+            let mut parts = value?
+                .splitn(3, ':')
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+                .into_iter();
             Some(CachedResult {
                 user_id: parts.next()?.parse().ok()?,
                 face_id: parts.next()?.parse().ok()?,
@@ -501,7 +510,10 @@ impl SharedCache for RedisCache {
     ) -> BoxFuture<'_, ()> {
         async move {
             let Ok(mut conn) = self.conn() else { return };
-            let value = format!("{}:{}:{}", result.user_id, result.face_id, result.similarity);
+            let value = format!(
+                "{}:{}:{}",
+                result.user_id, result.face_id, result.similarity
+            );
             let done: Result<(), _> = conn
                 .pset_ex(result_key(key), value, ttl.as_millis().max(1) as u64)
                 .await;

@@ -28,7 +28,8 @@ impl Inner {
         self.rows.remove(&face);
         if i != last {
             self.ids[i] = self.ids[last];
-            self.data.copy_within(last * self.dim..(last + 1) * self.dim, i * self.dim);
+            self.data
+                .copy_within(last * self.dim..(last + 1) * self.dim, i * self.dim);
             self.rows.insert(self.ids[i].0, i);
         }
         self.ids.pop();
@@ -127,7 +128,11 @@ impl FaceIndex for ExactIndex {
     }
 
     fn len(&self) -> usize {
-        self.inner.read().unwrap_or_else(|e| e.into_inner()).ids.len()
+        self.inner
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .ids
+            .len()
     }
 
     fn face_ids(&self) -> Vec<(i64, i64)> {

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
-use super::{ExactIndex, FaceIndex, HnswIndex, HnswParams, Hit, StoredEmbedding};
+use super::{ExactIndex, FaceIndex, Hit, HnswIndex, HnswParams, StoredEmbedding};
 
 /// When to use HNSW and when to compact it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -229,7 +229,11 @@ mod tests {
             g.upsert(*f, *u, v);
         }
         wait(&g);
-        assert_eq!(g.kind(), "hnsw", "above the threshold the gallery turns to HNSW");
+        assert_eq!(
+            g.kind(),
+            "hnsw",
+            "above the threshold the gallery turns to HNSW"
+        );
         assert_eq!(g.len(), 240, "writes made during the rebuild were replayed");
         for (u, q) in queries.iter().enumerate() {
             assert_eq!(g.search(q, 1)[0].user_id, u as i64 + 1);
@@ -241,8 +245,14 @@ mod tests {
         wait(&g);
         assert_eq!(g.kind(), "hnsw");
         assert_eq!(g.len(), 168);
-        assert!(g.garbage_ratio() < policy.max_garbage, "{}", g.garbage_ratio());
-        assert!(queries.iter().all(|q| g.search(q, 3).iter().all(|h| h.user_id > 36)));
+        assert!(
+            g.garbage_ratio() < policy.max_garbage,
+            "{}",
+            g.garbage_ratio()
+        );
+        assert!(queries
+            .iter()
+            .all(|q| g.search(q, 3).iter().all(|h| h.user_id > 36)));
         // Below half the threshold it turns back to exact search.
         for u in 37..=100 {
             g.remove_user(u);

@@ -142,9 +142,9 @@ impl HnswIndex {
         idx
     }
 
-    /// The graph parameters.
-    pub fn params(&self) -> HnswParams {
-        self.params
+    /// Changes the candidates explored per search (benchmarks sweep it on one graph).
+    pub fn set_ef_search(&mut self, ef_search: usize) {
+        self.params.ef_search = ef_search;
     }
 }
 
@@ -287,7 +287,7 @@ mod tests {
 
     #[test]
     fn recall_against_exact_search_on_clustered_vectors() {
-        let (gallery, queries) = clustered(2000, 3, 1);
+        let (gallery, queries) = clustered(800, 2, 1);
         let entries = embeddings(&gallery);
         let exact = ExactIndex::build(&entries);
         let hnsw = HnswIndex::build(&entries, HnswParams::default());
@@ -328,7 +328,9 @@ mod tests {
         // Entries export only the living, with their vectors.
         let entries = hnsw.entries();
         assert_eq!(entries.len(), 300);
-        assert!(entries.iter().all(|e| e.user_id > 150 && e.embedding.len() == 128));
+        assert!(entries
+            .iter()
+            .all(|e| e.user_id > 150 && e.embedding.len() == 128));
     }
 
     #[test]
@@ -336,7 +338,11 @@ mod tests {
         let (gallery, _) = clustered(10, 1, 3);
         let hnsw = HnswIndex::build(&embeddings(&gallery), HnswParams::default());
         hnsw.upsert(1, 1, &gallery[0].2);
-        assert_eq!(hnsw.garbage_ratio(), 0.0, "same face, same vector: nothing changes");
+        assert_eq!(
+            hnsw.garbage_ratio(),
+            0.0,
+            "same face, same vector: nothing changes"
+        );
         hnsw.upsert(1, 1, &gallery[5].2);
         assert_eq!(hnsw.len(), 10);
         assert!(hnsw.garbage_ratio() > 0.0);

@@ -101,9 +101,12 @@ pub(crate) mod testdata {
         v.iter_mut().for_each(|x| *x /= n);
     }
 
+    /// `(face_id, user_id, embedding)` of a synthetic gallery.
+    pub type Faces = Vec<(i64, i64, Vec<f32>)>;
+
     /// `users` random identities of `faces` noisy faces each (128-D, normalised), and one new
     /// noisy query per identity: clustered like real face embeddings.
-    pub fn clustered(users: usize, faces: usize, seed: u64) -> (Vec<(i64, i64, Vec<f32>)>, Vec<Vec<f32>>) {
+    pub fn clustered(users: usize, faces: usize, seed: u64) -> (Faces, Vec<Vec<f32>>) {
         let mut rng = StdRng::seed_from_u64(seed);
         let mut gauss = move || -> f32 {
             // Box-Muller.
@@ -167,7 +170,12 @@ mod tests {
         idx.remove_user(10);
         assert_eq!(idx.len(), 1);
         let hits = idx.search(&unit(&[1.0, 0.0]), 3);
-        assert_eq!(hits.len(), 1, "{}: a deleted user is never returned", idx.kind());
+        assert_eq!(
+            hits.len(),
+            1,
+            "{}: a deleted user is never returned",
+            idx.kind()
+        );
         assert_eq!(hits[0].user_id, 20);
         idx.remove_face(3);
         assert!(idx.is_empty() && idx.search(&unit(&[0.0, 1.0]), 1).is_empty());

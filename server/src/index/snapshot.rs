@@ -137,6 +137,9 @@ mod tests {
         assert!(matches!(read(&path), Err(SnapshotError::Format)));
         std::fs::write(&path, b"something else entirely").unwrap();
         assert!(matches!(read(&path), Err(SnapshotError::Format)));
-        assert!(matches!(read(&dir.path().join("none")), Err(SnapshotError::Io(_))));
+        assert!(matches!(
+            read(&dir.path().join("none")),
+            Err(SnapshotError::Io(_))
+        ));
     }
 }

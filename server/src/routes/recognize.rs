@@ -87,7 +87,11 @@ async fn identify(
     if let Some(key) = key {
         let cached = state.cache.recent_result(key).await;
         let outcome = if cached.is_some() { "hit" } else { "miss" };
-        state.metrics.result_cache.with_label_values(&[outcome]).inc();
+        state
+            .metrics
+            .result_cache
+            .with_label_values(&[outcome])
+            .inc();
         if let Some(c) = cached {
             if let Some(user) = active_user(state, c.user_id).await? {
                 return Ok(Identified {

@@ -104,7 +104,7 @@ pub fn settings(tmp: &tempfile::TempDir) -> ServeSettings {
         redis_url: None,
         hnsw_threshold: 20_000,
         hnsw_ef_search: 96,
-        index_snapshot: PathBuf::new(),
+        index_snapshot: String::new(),
         snapshot_interval_secs: 300,
         result_cache_secs: 10,
     }
