@@ -35,8 +35,10 @@ pub fn frame(n: usize) -> RgbImage {
 }
 
 /// Synthetic face embeddings shaped like real ones: 128-D, L2-normalised, identities spread in
-/// a cone (two different people score about 0.75, like dlib descriptors) and each identity's
-/// faces close together (two photos of one person score about 0.93).
+/// a cone (two different people score about 0.75, like dlib descriptors) along `identity_dims`
+/// directions (face descriptors vary along a few dozen principal directions; 128 spreads them
+/// over every direction, the hardest case for a graph index), and each identity's photos close
+/// together (two photos of one person score about 0.93).
 pub mod synthetic {
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
@@ -73,20 +75,42 @@ pub mod synthetic {
         }
     }
 
-    /// `faces` gallery faces (`per_user` per identity) and `queries` queries, reproducibly.
+    /// Identity directions of [`clustered`].
+    pub const IDENTITY_DIMS: usize = 32;
+
+    /// `faces` gallery faces (`per_user` per identity, identities along [`IDENTITY_DIMS`]
+    /// directions) and `queries` queries, reproducibly.
     pub fn clustered(faces: usize, per_user: usize, queries: usize, seed: u64) -> Data {
+        clustered_in(faces, per_user, queries, seed, IDENTITY_DIMS)
+    }
+
+    /// [`clustered`] with identities along `identity_dims` random directions.
+    pub fn clustered_in(
+        faces: usize,
+        per_user: usize,
+        queries: usize,
+        seed: u64,
+        identity_dims: usize,
+    ) -> Data {
         let mut g = Gauss(StdRng::seed_from_u64(seed));
         let mut axis = g.vector(1.0);
         normalise(&mut axis);
+        let basis: Vec<Vec<f32>> = (0..identity_dims.clamp(1, DIM))
+            .map(|_| {
+                let mut b = g.vector(1.0);
+                normalise(&mut b);
+                b
+            })
+            .collect();
         let users = faces.div_ceil(per_user);
         let centres: Vec<Vec<f32>> = (0..users)
             .map(|_| {
-                let mut c: Vec<f32> = g
-                    .vector(1.0)
-                    .iter()
-                    .zip(&axis)
-                    .map(|(z, a)| a * 1.73 + z)
-                    .collect();
+                let mut c: Vec<f32> = axis.iter().map(|a| a * 1.73).collect();
+                let s = 1.0 / (basis.len() as f32).sqrt();
+                for b in &basis {
+                    let z = g.next() * s;
+                    c.iter_mut().zip(b).for_each(|(c, b)| *c += z * b);
+                }
                 normalise(&mut c);
                 c
             })

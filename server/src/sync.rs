@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::cache::{IndexEvent, RedisCache, RedisError};
 use crate::index::snapshot::{self, Snapshot};
-use crate::index::{FaceIndex, Gallery, IndexPolicy, StoredEmbedding};
+use crate::index::{FaceIndex, Gallery, HnswParams, IndexPolicy, StoredEmbedding};
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 
@@ -62,8 +62,8 @@ pub struct BootReport {
     pub faces: usize,
     /// Index kind.
     pub kind: &'static str,
-    /// Of the wall time, building the index structure (the HNSW graph, when the gallery is
-    /// large enough).
+    /// Of the wall time, loading the snapshot, or building the index structure from the faces
+    /// read (the HNSW graph, when the gallery is large enough).
     pub build: Duration,
     /// Stream id the follower continues after (`None` when Redis was unreachable).
     pub stream_id: Option<String>,
@@ -121,9 +121,9 @@ async fn load_database(store: &Store) -> Result<Vec<StoredEmbedding>, StoreError
     Ok(out)
 }
 
-/// Faces from the snapshot at `path`, if it is there and readable.
-fn load_snapshot(path: &Path) -> Option<Snapshot> {
-    match snapshot::read(path) {
+/// The index in the snapshot at `path`, if it is there and readable.
+fn load_snapshot(path: &Path, params: HnswParams) -> Option<Snapshot> {
+    match snapshot::read(path, params) {
         Ok(s) => Some(s),
         Err(snapshot::SnapshotError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => {
@@ -197,9 +197,22 @@ pub async fn boot(
         Some(r) if r.is_healthy() => r.stream_tail().await.ok(),
         _ => None,
     };
-    let snapshot = snapshot_path.and_then(load_snapshot);
-    let (source, entries, snapshot_id) = match snapshot {
-        Some(s) => (Source::Snapshot, s.entries, Some(s.stream_id)),
+    let built = Instant::now();
+    let snapshot = match snapshot_path {
+        Some(path) => {
+            let (path, params) = (path.to_owned(), policy.hnsw);
+            tokio::task::spawn_blocking(move || load_snapshot(&path, params))
+                .await
+                .expect("snapshot loading does not panic")
+        }
+        None => None,
+    };
+    let (source, gallery, loaded, snapshot_id) = match snapshot {
+        Some(s) => {
+            let loaded = s.index.len();
+            let gallery = Gallery::with_index(s.index, policy);
+            (Source::Snapshot, gallery, loaded, Some(s.stream_id))
+        }
         None => {
             let mirrored = match redis {
                 Some(r) if stream_id.is_some() => r.mirror_len().await.unwrap_or(0),
@@ -210,22 +223,22 @@ pub async fn boot(
                 Some(r) if mirrored > 0 && mirrored * 2 >= in_db => r.load_mirror().await.ok(),
                 _ => None,
             };
-            match mirror {
-                Some(faces) => (Source::Mirror, faces, None),
-                None => (Source::Database, load_database(store).await?, None),
-            }
+            let (source, entries) = match mirror {
+                Some(faces) => (Source::Mirror, faces),
+                None => (Source::Database, load_database(store).await?),
+            };
+            let loaded = entries.len();
+            tracing::info!(
+                faces = loaded,
+                source = source.as_str(),
+                "building the face index"
+            );
+            let gallery = tokio::task::spawn_blocking(move || Gallery::build(&entries, policy))
+                .await
+                .expect("index build does not panic");
+            (source, gallery, loaded, None)
         }
     };
-    let loaded = entries.len();
-    tracing::info!(
-        faces = loaded,
-        source = source.as_str(),
-        "building the face index"
-    );
-    let built = Instant::now();
-    let gallery = tokio::task::spawn_blocking(move || Gallery::build(&entries, policy))
-        .await
-        .expect("index build does not panic");
     let build = built.elapsed();
     let mut replayed = 0;
     let redis_up = stream_id.is_some();
@@ -350,10 +363,8 @@ pub fn spawn_snapshots(
                     let started = Instant::now();
                     // The position first: events after it are replayed on load, harmlessly.
                     let stream_id = position.get().unwrap_or_default();
-                    let entries = index.entries();
-                    let faces = entries.len();
-                    snapshot::write(&target, &Snapshot { stream_id, entries })
-                        .map(|()| (faces, started.elapsed()))
+                    snapshot::write(&target, &stream_id, &index)
+                        .map(|()| (index.len(), started.elapsed()))
                 })
                 .await;
                 match done {

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{fresh_database, person_photo, send, send_json, spawn_with, Db};
-use rollcall_server::index::snapshot;
+use rollcall_server::index::{snapshot, HnswParams};
 use serde_json::{json, Value};
 
 fn free_port() -> u16 {
@@ -355,8 +355,9 @@ async fn replicas_share_the_gallery_dedupe_and_survive_a_redis_outage() {
         Duration::from_secs(20),
         "A's snapshot holds Biden",
         || async {
-            snapshot::read(&a_snapshot).is_ok_and(|s| {
-                s.entries.len() == 1 && s.entries[0].user_id == biden && !s.stream_id.is_empty()
+            snapshot::read(&a_snapshot, HnswParams::default()).is_ok_and(|s| {
+                s.index.face_ids().iter().map(|f| f.1).collect::<Vec<_>>() == [biden]
+                    && !s.stream_id.is_empty()
             })
         },
     )

@@ -12,8 +12,8 @@ use std::time::Instant;
 
 use rollcall_benches::synthetic::clustered;
 use rollcall_server::cache::RedisCache;
-use rollcall_server::index::snapshot::{self, Snapshot};
-use rollcall_server::index::{FaceIndex, IndexPolicy};
+use rollcall_server::index::snapshot;
+use rollcall_server::index::IndexPolicy;
 use rollcall_server::metrics::Metrics;
 use rollcall_server::store::{embedding_to_bytes, Store};
 use rollcall_server::sync::{self, BootReport};
@@ -123,14 +123,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("index.bin");
-    let entries = last.expect("booted").entries();
-    snapshot::write(
-        &path,
-        &Snapshot {
-            stream_id: String::new(),
-            entries,
-        },
-    )?;
+    snapshot::write(&path, "", &last.expect("booted"))?;
     eprintln!(
         "snapshot: {:.1} MiB",
         std::fs::metadata(&path)?.len() as f64 / (1024.0 * 1024.0)

@@ -2,12 +2,12 @@
 //! latency (p50/p99, one query at a time) and recall@1 of HNSW against exact search, on
 //! synthetic clustered embeddings and on real embeddings of the photos among them.
 //!
-//! `cargo run --release -p rollcall-benches --bin index_report -- [SIZE…] [--queries N] [--ef E,E…]`
+//! `cargo run --release -p rollcall-benches --bin index_report -- [SIZE…] [--queries N] [--ef E,E…] [--dims D]`
 //! (sizes default to 500 10000 100000 1000000).
 
 use std::time::Instant;
 
-use rollcall_benches::synthetic::clustered;
+use rollcall_benches::synthetic::{clustered_in, IDENTITY_DIMS};
 use rollcall_benches::{percentile, resident_bytes};
 use rollcall_server::index::{ExactIndex, FaceIndex, HnswIndex, HnswParams, StoredEmbedding};
 
@@ -15,6 +15,7 @@ struct Args {
     sizes: Vec<usize>,
     queries: usize,
     efs: Vec<usize>,
+    dims: usize,
 }
 
 fn args() -> Args {
@@ -22,10 +23,12 @@ fn args() -> Args {
         sizes: Vec::new(),
         queries: 500,
         efs: vec![HnswParams::default().ef_search],
+        dims: IDENTITY_DIMS,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
+            "--dims" => out.dims = it.next().and_then(|v| v.parse().ok()).expect("--dims D"),
             "--queries" => {
                 out.queries = it.next().and_then(|v| v.parse().ok()).expect("--queries N")
             }
@@ -68,9 +71,10 @@ fn main() {
     let args = args();
     let params = HnswParams::default();
     println!(
-        "HNSW M={} ef_construction={}; {} queries per size, one at a time; {} cores",
+        "HNSW M={} ef_construction={}; 3 faces per identity, identities along {} directions; {} queries per size, one at a time; {} cores",
         params.max_connections,
         params.ef_construction,
+        args.dims,
         args.queries,
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
@@ -79,7 +83,7 @@ fn main() {
     );
     println!("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for &n in &args.sizes {
-        let data = clustered(n, 3, args.queries, 42);
+        let data = clustered_in(n, 3, args.queries, 42, args.dims);
         let before = resident_bytes();
         let t = Instant::now();
         let exact = ExactIndex::build(&data.gallery);
@@ -159,7 +163,7 @@ fn real_embeddings(distractors: usize) {
             .map(|f| f.embedding)
             .collect()
     };
-    let mut gallery = clustered(distractors, 3, 0, 7).gallery;
+    let mut gallery = clustered_in(distractors, 3, 0, 7, IDENTITY_DIMS).gallery;
     let mut next = gallery.len() as i64 + 1;
     let obama_user = -1;
     for e in embed(photo("obama.jpg")) {

@@ -4,6 +4,9 @@
 use std::collections::HashMap;
 use std::sync::RwLock;
 
+use std::io::{self, Read, Write};
+
+use super::snapshot::{get, get_f32s, put_f32s, KIND_EXACT};
 use super::{best_per_user, dot, FaceIndex, Hit, StoredEmbedding};
 
 #[derive(Default)]
@@ -56,6 +59,22 @@ impl ExactIndex {
             idx.upsert(e.face_id, e.user_id, &e.embedding);
         }
         idx
+    }
+
+    /// Reads the part [`FaceIndex::write_snapshot`] wrote.
+    pub(super) fn read_snapshot(r: &mut dyn Read) -> io::Result<Self> {
+        let dim = u32::from_le_bytes(get(r)?) as usize;
+        let count = u64::from_le_bytes(get(r)?) as usize;
+        if dim > 4096 {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "dimension"));
+        }
+        let idx = Self::new();
+        for _ in 0..count {
+            let face = i64::from_le_bytes(get(r)?);
+            let user = i64::from_le_bytes(get(r)?);
+            idx.upsert(face, user, &get_f32s(r, dim)?);
+        }
+        Ok(idx)
     }
 }
 
@@ -158,6 +177,19 @@ impl FaceIndex for ExactIndex {
 
     fn kind(&self) -> &'static str {
         "exact"
+    }
+
+    fn write_snapshot(&self, w: &mut dyn Write) -> io::Result<()> {
+        let g = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        w.write_all(&[KIND_EXACT])?;
+        w.write_all(&(g.dim as u32).to_le_bytes())?;
+        w.write_all(&(g.ids.len() as u64).to_le_bytes())?;
+        for (i, (face, user)) in g.ids.iter().enumerate() {
+            w.write_all(&face.to_le_bytes())?;
+            w.write_all(&user.to_le_bytes())?;
+            put_f32s(w, g.row(i))?;
+        }
+        Ok(())
     }
 }
 

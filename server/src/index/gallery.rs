@@ -86,9 +86,14 @@ pub struct Gallery {
 impl Gallery {
     /// A gallery of `entries`, of the kind `policy` wants for their number.
     pub fn build(entries: &[StoredEmbedding], policy: IndexPolicy) -> Self {
+        Self::with_index(policy.build(entries), policy)
+    }
+
+    /// A gallery serving `index` (a loaded snapshot); later rebuilds follow `policy`.
+    pub fn with_index(index: Arc<dyn FaceIndex>, policy: IndexPolicy) -> Self {
         Self {
             shared: Arc::new(Shared {
-                current: RwLock::new(policy.build(entries)),
+                current: RwLock::new(index),
                 log: Mutex::new(None),
                 policy,
                 generation: AtomicU64::new(0),
@@ -126,11 +131,7 @@ impl Gallery {
         match log.as_mut() {
             Some(pending) => pending.push(op),
             None => {
-                let policy = &self.shared.policy;
-                let is_hnsw = current.kind() == "hnsw";
-                let switch = policy.wants_hnsw(current.len(), is_hnsw) != is_hnsw;
-                let compact = is_hnsw && current.garbage_ratio() > policy.max_garbage;
-                if switch || compact {
+                if needs_rebuild(&self.shared.policy, &*current) {
                     *log = Some(Vec::new());
                     let shared = self.shared.clone();
                     let spawned = std::thread::Builder::new()
@@ -146,25 +147,40 @@ impl Gallery {
     }
 }
 
-/// Builds the wanted index from `old`'s faces, replays the writes logged meanwhile, swaps it in.
-fn rebuild(shared: &Shared, old: Arc<dyn FaceIndex>) {
-    let started = Instant::now();
-    let entries = old.entries();
-    drop(old);
-    let fresh = shared.policy.build(&entries);
-    let mut log = shared.log.lock().unwrap_or_else(|e| e.into_inner());
-    let pending = log.take().unwrap_or_default();
-    for op in &pending {
-        op.apply(&*fresh);
+/// Whether `index` is not of the kind `policy` wants, or holds too many tombstones.
+fn needs_rebuild(policy: &IndexPolicy, index: &dyn FaceIndex) -> bool {
+    let is_hnsw = index.kind() == "hnsw";
+    policy.wants_hnsw(index.len(), is_hnsw) != is_hnsw
+        || (is_hnsw && index.garbage_ratio() > policy.max_garbage)
+}
+
+/// Builds the wanted index from `old`'s faces, replays the writes logged meanwhile, swaps it
+/// in; again while the writes made meanwhile leave it needing a rebuild.
+fn rebuild(shared: &Shared, mut old: Arc<dyn FaceIndex>) {
+    loop {
+        let started = Instant::now();
+        let entries = old.entries();
+        let fresh = shared.policy.build(&entries);
+        drop(entries);
+        let mut log = shared.log.lock().unwrap_or_else(|e| e.into_inner());
+        let pending = log.take().unwrap_or_default();
+        for op in &pending {
+            op.apply(&*fresh);
+        }
+        tracing::info!(
+            kind = fresh.kind(),
+            faces = fresh.len(),
+            replayed = pending.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "face index rebuilt in the background"
+        );
+        *shared.current.write().unwrap_or_else(|e| e.into_inner()) = fresh.clone();
+        if !needs_rebuild(&shared.policy, &*fresh) {
+            return;
+        }
+        *log = Some(Vec::new());
+        old = fresh;
     }
-    tracing::info!(
-        kind = fresh.kind(),
-        faces = fresh.len(),
-        replayed = pending.len(),
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "face index rebuilt in the background"
-    );
-    *shared.current.write().unwrap_or_else(|e| e.into_inner()) = fresh;
 }
 
 impl FaceIndex for Gallery {
@@ -202,6 +218,10 @@ impl FaceIndex for Gallery {
 
     fn garbage_ratio(&self) -> f32 {
         self.current().garbage_ratio()
+    }
+
+    fn write_snapshot(&self, w: &mut dyn std::io::Write) -> std::io::Result<()> {
+        self.current().write_snapshot(w)
     }
 }
 

@@ -1,29 +1,20 @@
-//! Approximate search with a Hierarchical Navigable Small World graph (`hnsw_rs`). The graph
-//! cannot delete, so removed faces are tombstoned: skipped in search results and dropped
+//! Approximate search with a Hierarchical Navigable Small World graph ([`super::graph`]). The
+//! graph cannot delete, so removed faces are tombstoned: skipped in search results and dropped
 //! when [`super::Gallery`] rebuilds the graph once tombstones pass a fraction of it.
 
 use std::collections::HashMap;
 use std::sync::RwLock;
 
-use hnsw_rs::prelude::{Distance, Hnsw};
+use std::io::{self, Read, Write};
 
-use super::{best_per_user, dot, FaceIndex, Hit, StoredEmbedding};
-
-/// Cosine distance of L2-normalised vectors, `1 - a·b`, clamped at 0 (`hnsw_rs`'s own `DistDot`
-/// asserts on the rounding of identical vectors).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct UnitCosine;
-
-impl Distance<f32> for UnitCosine {
-    fn eval(&self, a: &[f32], b: &[f32]) -> f32 {
-        (1.0 - dot(a, b)).max(0.0)
-    }
-}
+use super::graph::Graph;
+use super::snapshot::{get, KIND_HNSW};
+use super::{best_per_user, FaceIndex, Hit, StoredEmbedding};
 
 /// Graph parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HnswParams {
-    /// Links per node and layer (`M`).
+    /// Links per node on the upper layers (`M`; layer 0 keeps twice as many).
     pub max_connections: usize,
     /// Candidates explored while inserting.
     pub ef_construction: usize,
@@ -32,17 +23,15 @@ pub struct HnswParams {
 }
 
 impl Default for HnswParams {
-    /// Measured for recall@1 ≥ 0.99 at a million 128-D faces (see the README's scale section).
+    /// Measured for recall@1 ≥ 0.99 at a million 128-D faces (see the README's Scale section).
     fn default() -> Self {
         Self {
-            max_connections: 24,
-            ef_construction: 200,
+            max_connections: 16,
+            ef_construction: 128,
             ef_search: 96,
         }
     }
 }
-
-const MAX_LAYERS: usize = 16;
 
 #[derive(Debug, Clone, Copy)]
 struct Slot {
@@ -52,26 +41,26 @@ struct Slot {
 }
 
 struct Inner {
-    graph: Hnsw<'static, f32, UnitCosine>,
-    /// Per graph id (its insertion order).
+    graph: Graph,
+    /// Per graph node.
     slots: Vec<Slot>,
-    /// Live slot of each face.
-    by_face: HashMap<i64, usize>,
-    /// Live slots of each user.
-    by_user: HashMap<i64, Vec<usize>>,
+    /// Live node of each face.
+    by_face: HashMap<i64, u32>,
+    /// Live nodes of each user.
+    by_user: HashMap<i64, Vec<u32>>,
     dead: usize,
 }
 
 impl Inner {
-    fn kill(&mut self, slot: usize) {
-        let s = &mut self.slots[slot];
+    fn kill(&mut self, node: u32) {
+        let s = &mut self.slots[node as usize];
         if s.alive {
             s.alive = false;
             self.dead += 1;
             self.by_face.remove(&s.face_id);
             let user = s.user_id;
             if let Some(v) = self.by_user.get_mut(&user) {
-                v.retain(|&x| x != slot);
+                v.retain(|&x| x != node);
                 if v.is_empty() {
                     self.by_user.remove(&user);
                 }
@@ -79,16 +68,19 @@ impl Inner {
         }
     }
 
-    fn add(&mut self, face_id: i64, user_id: i64) -> usize {
-        let slot = self.slots.len();
+    fn add(&mut self, face_id: i64, user_id: i64, embedding: &[f32]) {
+        if self.graph.len() > 0 && embedding.len() != self.graph.dim() {
+            tracing::warn!(face_id, "embedding of the wrong dimension ignored");
+            return;
+        }
+        let node = self.graph.insert(embedding);
         self.slots.push(Slot {
             face_id,
             user_id,
             alive: true,
         });
-        self.by_face.insert(face_id, slot);
-        self.by_user.entry(user_id).or_default().push(slot);
-        slot
+        self.by_face.insert(face_id, node);
+        self.by_user.entry(user_id).or_default().push(node);
     }
 }
 
@@ -101,20 +93,13 @@ pub struct HnswIndex {
 impl HnswIndex {
     /// An empty index.
     pub fn new(params: HnswParams) -> Self {
-        Self::with_capacity(params, 1024)
+        Self::with_capacity(params, 0)
     }
 
     fn with_capacity(params: HnswParams, capacity: usize) -> Self {
-        let graph = Hnsw::new(
-            params.max_connections,
-            capacity.max(1024),
-            MAX_LAYERS,
-            params.ef_construction,
-            UnitCosine,
-        );
         Self {
             inner: RwLock::new(Inner {
-                graph,
+                graph: Graph::new(0, params.max_connections, params.ef_construction, capacity),
                 slots: Vec::with_capacity(capacity),
                 by_face: HashMap::with_capacity(capacity),
                 by_user: HashMap::new(),
@@ -124,22 +109,68 @@ impl HnswIndex {
         }
     }
 
-    /// An index holding `entries`, inserted in parallel (all cores).
+    /// An index holding `entries` (inserted in order, on this thread).
     pub fn build(entries: &[StoredEmbedding], params: HnswParams) -> Self {
         let idx = Self::with_capacity(params, entries.len());
         {
             let mut g = idx.inner.write().unwrap_or_else(|e| e.into_inner());
-            let mut batch: Vec<(&[f32], usize)> = Vec::with_capacity(entries.len());
             for e in entries {
                 if let Some(old) = g.by_face.get(&e.face_id).copied() {
                     g.kill(old);
                 }
-                let slot = g.add(e.face_id, e.user_id);
-                batch.push((e.embedding.as_slice(), slot));
+                g.add(e.face_id, e.user_id, &e.embedding);
             }
-            g.graph.parallel_insert_slice(&batch);
         }
         idx
+    }
+
+    /// Reads the part [`FaceIndex::write_snapshot`] wrote; searches use `params`' `ef_search`.
+    pub(super) fn read_snapshot(r: &mut dyn Read, params: HnswParams) -> io::Result<Self> {
+        let nodes = u64::from_le_bytes(get(r)?) as usize;
+        let mut slots = Vec::with_capacity(nodes.min(1 << 28));
+        for _ in 0..nodes {
+            let face_id = i64::from_le_bytes(get(r)?);
+            let user_id = i64::from_le_bytes(get(r)?);
+            let alive = get::<1>(r)?[0] == 1;
+            slots.push(Slot {
+                face_id,
+                user_id,
+                alive,
+            });
+        }
+        let graph = Graph::read(r)?;
+        if graph.len() != nodes {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "node count"));
+        }
+        let mut inner = Inner {
+            graph,
+            slots: Vec::new(),
+            by_face: HashMap::with_capacity(nodes),
+            by_user: HashMap::new(),
+            dead: 0,
+        };
+        for (node, s) in slots.iter().enumerate() {
+            if s.alive {
+                inner.by_face.insert(s.face_id, node as u32);
+                inner
+                    .by_user
+                    .entry(s.user_id)
+                    .or_default()
+                    .push(node as u32);
+            } else {
+                inner.dead += 1;
+            }
+        }
+        inner.slots = slots;
+        let params = HnswParams {
+            max_connections: inner.graph.m(),
+            ef_construction: inner.graph.ef_construction(),
+            ef_search: params.ef_search,
+        };
+        Ok(Self {
+            inner: RwLock::new(inner),
+            params,
+        })
     }
 
     /// Changes the candidates explored per search (benchmarks sweep it on one graph).
@@ -152,35 +183,25 @@ impl FaceIndex for HnswIndex {
     fn upsert(&self, face_id: i64, user_id: i64, embedding: &[f32]) {
         let mut g = self.inner.write().unwrap_or_else(|e| e.into_inner());
         if let Some(old) = g.by_face.get(&face_id).copied() {
-            if g.slots[old].user_id == user_id {
-                // The query is the stored vector itself when nothing changed: the search
-                // lands on it (a miss only costs a needless re-insert).
-                let same = g
-                    .graph
-                    .search(embedding, 1, self.params.ef_search)
-                    .first()
-                    .is_some_and(|n| n.d_id == old && n.distance <= 1e-6);
-                if same {
-                    return;
-                }
+            if g.slots[old as usize].user_id == user_id && g.graph.vector(old) == embedding {
+                return;
             }
             g.kill(old);
         }
-        let slot = g.add(face_id, user_id);
-        g.graph.insert_slice((embedding, slot));
+        g.add(face_id, user_id, embedding);
     }
 
     fn remove_face(&self, face_id: i64) {
         let mut g = self.inner.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(slot) = g.by_face.get(&face_id).copied() {
-            g.kill(slot);
+        if let Some(node) = g.by_face.get(&face_id).copied() {
+            g.kill(node);
         }
     }
 
     fn remove_user(&self, user_id: i64) {
         let mut g = self.inner.write().unwrap_or_else(|e| e.into_inner());
-        for slot in g.by_user.get(&user_id).cloned().unwrap_or_default() {
-            g.kill(slot);
+        for node in g.by_user.get(&user_id).cloned().unwrap_or_default() {
+            g.kill(node);
         }
     }
 
@@ -189,29 +210,26 @@ impl FaceIndex for HnswIndex {
         if k == 0 || g.by_face.is_empty() {
             return Vec::new();
         }
-        // Several faces per user, and tombstones among the neighbours: ask for more faces
-        // than users wanted, and widen until enough living users are found. (`hnsw_rs`'s
-        // filtered search is not used: it walks the whole graph when the filter refuses.)
-        let live = g.by_face.len();
-        let mut fetch = (k * 4).max(8);
+        // Several faces per user, and tombstones among the neighbours: look at more faces
+        // than users wanted, and widen until enough living users are found.
+        let mut ef = self.params.ef_search.max(k * 4);
         loop {
-            let ef = self.params.ef_search.max(fetch);
-            let found = g.graph.search(query, fetch, ef);
+            let found = g.graph.search(query, ef);
             let hits = best_per_user(
-                found.iter().filter_map(|n| {
-                    let s = g.slots.get(n.d_id).filter(|s| s.alive)?;
-                    Some(Hit {
+                found.iter().filter_map(|&(d, node)| {
+                    let s = g.slots[node as usize];
+                    s.alive.then_some(Hit {
                         face_id: s.face_id,
                         user_id: s.user_id,
-                        similarity: 1.0 - n.distance,
+                        similarity: 1.0 - d,
                     })
                 }),
                 k,
             );
-            if hits.len() == k || found.len() < fetch || fetch >= live + g.dead {
+            if hits.len() == k || found.len() < ef || ef >= g.slots.len() {
                 return hits;
             }
-            fetch *= 4;
+            ef *= 4;
         }
     }
 
@@ -234,28 +252,32 @@ impl FaceIndex for HnswIndex {
 
     fn entries(&self) -> Vec<StoredEmbedding> {
         let g = self.inner.read().unwrap_or_else(|e| e.into_inner());
-        if g.slots.is_empty() {
-            return Vec::new();
-        }
-        let mut out: Vec<StoredEmbedding> = g
-            .graph
-            .get_point_indexation()
-            .into_iter()
-            .filter_map(|p| {
-                let s = g.slots.get(p.get_origin_id()).filter(|s| s.alive)?;
-                Some(StoredEmbedding {
-                    face_id: s.face_id,
-                    user_id: s.user_id,
-                    embedding: p.get_v().to_vec(),
-                })
+        g.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.alive)
+            .map(|(node, s)| StoredEmbedding {
+                face_id: s.face_id,
+                user_id: s.user_id,
+                embedding: g.graph.vector(node as u32).to_vec(),
             })
-            .collect();
-        out.sort_unstable_by_key(|e| e.face_id);
-        out
+            .collect()
     }
 
     fn kind(&self) -> &'static str {
         "hnsw"
+    }
+
+    fn write_snapshot(&self, w: &mut dyn Write) -> io::Result<()> {
+        let g = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        w.write_all(&[KIND_HNSW])?;
+        w.write_all(&(g.slots.len() as u64).to_le_bytes())?;
+        for s in &g.slots {
+            w.write_all(&s.face_id.to_le_bytes())?;
+            w.write_all(&s.user_id.to_le_bytes())?;
+            w.write_all(&[u8::from(s.alive)])?;
+        }
+        g.graph.write(w)
     }
 
     fn garbage_ratio(&self) -> f32 {
@@ -287,7 +309,7 @@ mod tests {
 
     #[test]
     fn recall_against_exact_search_on_clustered_vectors() {
-        let (gallery, queries) = clustered(800, 2, 1);
+        let (gallery, queries) = clustered(2000, 3, 1);
         let entries = embeddings(&gallery);
         let exact = ExactIndex::build(&entries);
         let hnsw = HnswIndex::build(&entries, HnswParams::default());

@@ -3,12 +3,14 @@
 //! the routes and by the events of other replicas.
 //!
 //! Two implementations of [`FaceIndex`]: [`ExactIndex`] (brute force, the reference) and
-//! [`HnswIndex`] (approximate, for large galleries). [`Gallery`] is what the server holds: it
-//! picks one by gallery size and rebuilds (switching kind, or compacting deleted HNSW entries)
-//! in the background without blocking searches.
+//! [`HnswIndex`] (approximate, for large galleries: a Hierarchical Navigable Small World
+//! graph). [`Gallery`] is what the server holds: it picks one by gallery size and rebuilds
+//! (switching kind, or compacting deleted HNSW entries) in the background without blocking
+//! searches.
 
 mod exact;
 mod gallery;
+mod graph;
 mod hnsw;
 pub mod snapshot;
 
@@ -56,6 +58,8 @@ pub trait FaceIndex: Send + Sync {
     fn garbage_ratio(&self) -> f32 {
         0.0
     }
+    /// Writes this index's part of a snapshot (see [`snapshot`]).
+    fn write_snapshot(&self, w: &mut dyn std::io::Write) -> std::io::Result<()>;
 }
 
 /// Dot product written as eight independent lanes so the compiler vectorises it.
