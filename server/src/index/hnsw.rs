@@ -28,7 +28,7 @@ impl Default for HnswParams {
         Self {
             max_connections: 16,
             ef_construction: 128,
-            ef_search: 96,
+            ef_search: 64,
         }
     }
 }

@@ -103,7 +103,7 @@ pub fn settings(tmp: &tempfile::TempDir) -> ServeSettings {
         session_key: None,
         redis_url: None,
         hnsw_threshold: 20_000,
-        hnsw_ef_search: 96,
+        hnsw_ef_search: 64,
         index_snapshot: String::new(),
         snapshot_interval_secs: 300,
         result_cache_secs: 10,
