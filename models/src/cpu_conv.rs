@@ -298,6 +298,40 @@ impl DenseConv {
     }
 }
 
+/// Rows rearranged by phase for a stride: the samples `x ≡ p (mod stride)` of a row are stored
+/// contiguously, phase after phase, so a strided read of a row becomes a contiguous slice.
+#[derive(Debug, Clone, Copy)]
+struct Phased {
+    stride: usize,
+    width: usize,
+}
+
+impl Phased {
+    /// Where sample `x` of a row lives in its phased row.
+    fn offset(&self, x: usize) -> usize {
+        let phase = x % self.stride;
+        (0..phase)
+            .map(|q| (self.width - q).div_ceil(self.stride))
+            .sum::<usize>()
+            + x / self.stride
+    }
+
+    /// Writes `src` (one row of `width`) phased into `dst`.
+    fn write(&self, src: &[f32], dst: &mut [f32]) {
+        if self.stride == 1 {
+            dst.copy_from_slice(src);
+            return;
+        }
+        let mut out = dst.iter_mut();
+        for phase in 0..self.stride.min(self.width) {
+            // The source first: `zip` stops on it without taking a slot of `out`.
+            for (v, o) in src[phase..].iter().step_by(self.stride).zip(&mut out) {
+                *o = *v;
+            }
+        }
+    }
+}
+
 /// The columns of one `[c, h, w]` image for a convolution: `[c * k * k, oh * ow]`, row
 /// `(channel, ky, kx)` holding the input pixel each output position multiplies by that tap.
 fn im2col(
@@ -308,32 +342,39 @@ fn im2col(
     (oh, ow): (usize, usize),
     parallelism: Parallelism,
 ) -> Vec<f32> {
-    let k = geo.kernel;
+    let (k, stride) = (geo.kernel, geo.stride);
     let (top, _, left, _) = geo.pad;
     let spatial = oh * ow;
+    let phased = Phased { stride, width: w };
+    let split;
+    let x = if stride == 1 {
+        x
+    } else {
+        let mut rows = vec![0f32; x.len()];
+        for (src, dst) in x.chunks(w).zip(rows.chunks_mut(w)) {
+            phased.write(src, dst);
+        }
+        split = rows;
+        &split
+    };
     let mut cols = vec![0f32; channels * k * k * spatial];
     let fill = |(r, row): (usize, &mut [f32])| {
         let (c, ky, kx) = (r / (k * k), r / k % k, r % k);
         let plane = &x[c * h * w..(c + 1) * h * w];
         // Output columns whose input column `ox * stride + kx - left` lies inside the image.
-        let first = left.saturating_sub(kx).div_ceil(geo.stride);
-        let end = ((w + left).saturating_sub(kx)).div_ceil(geo.stride).min(ow);
+        let first = left.saturating_sub(kx).div_ceil(stride);
+        let end = ((w + left).saturating_sub(kx)).div_ceil(stride).min(ow);
+        if first >= end {
+            return;
+        }
+        let x0 = phased.offset(first * stride + kx - left);
         for oy in 0..oh {
-            let iy = oy * geo.stride + ky;
-            if iy < top || iy - top >= h || first >= end {
+            let iy = oy * stride + ky;
+            if iy < top || iy - top >= h {
                 continue;
             }
             let src = &plane[(iy - top) * w..(iy - top + 1) * w];
-            let out = &mut row[oy * ow..(oy + 1) * ow];
-            let x0 = first * geo.stride + kx - left;
-            if geo.stride == 1 {
-                out[first..end].copy_from_slice(&src[x0..x0 + end - first]);
-            } else {
-                out[first..end]
-                    .iter_mut()
-                    .zip(src[x0..].iter().step_by(geo.stride))
-                    .for_each(|(o, s)| *o = *s);
-            }
+            row[oy * ow + first..oy * ow + end].copy_from_slice(&src[x0..x0 + end - first]);
         }
     };
     if matches!(parallelism, Parallelism::None) {
@@ -388,41 +429,40 @@ impl DepthwiseConv {
         };
         let (t, b, l, r) = geo.pad;
         let (ph, pw) = (h + t + b, w + l + r);
+        let phased = Phased {
+            stride: self.stride,
+            width: pw,
+        };
         let mut out = vec![0f32; n * self.channels * oh * ow];
         out.par_chunks_mut(oh * ow).enumerate().for_each_init(
-            || vec![0f32; ph * pw],
-            |padded, (plane_idx, dst)| {
+            || (vec![0f32; ph * pw], vec![0f32; pw]),
+            |(padded, row_buf), (plane_idx, dst)| {
                 let c = plane_idx % self.channels;
                 let src = &x[plane_idx * h * w..(plane_idx + 1) * h * w];
                 for (y, row) in src.chunks(w).enumerate() {
-                    padded[(y + t) * pw + l..(y + t) * pw + l + w].copy_from_slice(row);
+                    row_buf[l..l + w].copy_from_slice(row);
+                    phased.write(row_buf, &mut padded[(y + t) * pw..(y + t + 1) * pw]);
                 }
-                self.plane(padded, pw, c, ow, dst);
+                self.plane(padded, phased, c, ow, dst);
             },
         );
         Ok((CpuStorage::F32(out), Shape::from((n, self.channels, oh, ow))))
     }
 
-    /// One output plane (rows of `ow`) from its zero-padded input plane (rows of `pw`).
-    fn plane(&self, padded: &[f32], pw: usize, c: usize, ow: usize, dst: &mut [f32]) {
-        let k = self.kernel;
+    /// One output plane (rows of `ow`) from its zero-padded, phased input plane.
+    fn plane(&self, padded: &[f32], phased: Phased, c: usize, ow: usize, dst: &mut [f32]) {
+        let (k, s, pw) = (self.kernel, self.stride, phased.width);
         let taps = &self.weight[c * k * k..(c + 1) * k * k];
-        let s = self.stride;
         for (oy, out) in dst.chunks_mut(ow).enumerate() {
             out.fill(self.bias[c]);
             for ky in 0..k {
                 let src = &padded[(oy * s + ky) * pw..(oy * s + ky + 1) * pw];
                 for kx in 0..k {
                     let tap = taps[ky * k + kx];
-                    if s == 1 {
-                        out.iter_mut()
-                            .zip(&src[kx..kx + ow])
-                            .for_each(|(o, v)| *o += tap * v);
-                    } else {
-                        out.iter_mut()
-                            .zip(src[kx..].iter().step_by(s))
-                            .for_each(|(o, v)| *o += tap * v);
-                    }
+                    let x0 = phased.offset(kx);
+                    out.iter_mut()
+                        .zip(&src[x0..x0 + ow])
+                        .for_each(|(o, v)| *o += tap * v);
                 }
             }
         }
