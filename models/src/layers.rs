@@ -514,6 +514,9 @@ mod tests {
             (1, 8, 4, 6, 6, 1, 1, Padding::Valid),
             (2, 4, 6, 10, 7, 1, 2, Padding::Same),
             (4, 32, 24, 5, 5, 3, 1, Padding::Same),
+            // More output channels than positions: split by channel blocks.
+            (1, 40, 48, 4, 5, 3, 1, Padding::Same),
+            (1, 24, 36, 7, 6, 3, 2, Padding::Same),
         ];
         for (i, &(n, cin, cout, h, w, k, stride, padding)) in dense.iter().enumerate() {
             let x = Tensor::randn(0f32, 1.0, (n, cin, h, w), &dev).unwrap();
