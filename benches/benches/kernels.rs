@@ -57,16 +57,46 @@ const fn depthwise(name: &'static str, channels: usize, side: usize, stride: usi
 /// The networks' convolution classes: the embedding ResNet at batch 8 (its serving batch),
 /// the detectors at batch 1.
 const CLASSES: [Class; 12] = [
-    class("resnet_7x7s2_3to32_150", 8, (3, 32, 150), (7, 2), Padding::Valid),
+    class(
+        "resnet_7x7s2_3to32_150",
+        8,
+        (3, 32, 150),
+        (7, 2),
+        Padding::Valid,
+    ),
     class("resnet_3x3_32_35", 8, (32, 32, 35), (3, 1), Padding::Same),
     class("resnet_3x3_64_17", 8, (64, 64, 17), (3, 1), Padding::Same),
     class("resnet_3x3_128_8", 8, (128, 128, 8), (3, 1), Padding::Same),
     class("resnet_3x3_256_4", 8, (256, 256, 4), (3, 1), Padding::Same),
-    class("resnet_3x3s2_64to128_17", 8, (64, 128, 17), (3, 2), Padding::Valid),
-    class("ssd_3x3s2_3to32_512", 1, (3, 32, 512), (3, 2), Padding::Same),
-    class("ssd_1x1_64to128_128", 1, (64, 128, 128), (1, 1), Padding::Valid),
+    class(
+        "resnet_3x3s2_64to128_17",
+        8,
+        (64, 128, 17),
+        (3, 2),
+        Padding::Valid,
+    ),
+    class(
+        "ssd_3x3s2_3to32_512",
+        1,
+        (3, 32, 512),
+        (3, 2),
+        Padding::Same,
+    ),
+    class(
+        "ssd_1x1_64to128_128",
+        1,
+        (64, 128, 128),
+        (1, 1),
+        Padding::Valid,
+    ),
     class("ssd_1x1_512_32", 1, (512, 512, 32), (1, 1), Padding::Valid),
-    class("ssd_1x1_1024_16", 1, (1024, 1024, 16), (1, 1), Padding::Valid),
+    class(
+        "ssd_1x1_1024_16",
+        1,
+        (1024, 1024, 16),
+        (1, 1),
+        Padding::Valid,
+    ),
     depthwise("ssd_dw3x3_128_128", 128, 128, 1),
     depthwise("ssd_dw3x3s2_256_64", 256, 64, 2),
 ];
@@ -78,8 +108,7 @@ fn kernels(c: &mut Criterion) {
     for cl in &CLASSES {
         let x = Tensor::randn(0f32, 1.0, (cl.batch, cl.cin, cl.side, cl.side), &dev).unwrap();
         let per_group = if cl.depthwise { 1 } else { cl.cin };
-        let w = Tensor::randn(0f32, 0.1, (cl.cout, per_group, cl.kernel, cl.kernel), &dev)
-            .unwrap();
+        let w = Tensor::randn(0f32, 0.1, (cl.cout, per_group, cl.kernel, cl.kernel), &dev).unwrap();
         let b = Tensor::zeros(cl.cout, candle_core::DType::F32, &dev).unwrap();
         let groups = if cl.depthwise { cl.cin } else { 1 };
         let conv = Conv::new(w, Some(b), cl.stride, groups, cl.padding)
@@ -97,9 +126,11 @@ fn kernels(c: &mut Criterion) {
         let a = Tensor::randn(0f32, 1.0, (n, n), &dev).unwrap();
         let b = Tensor::randn(0f32, 1.0, (n, n), &dev).unwrap();
         g.throughput(Throughput::Elements((2 * n * n * n) as u64));
-        g.bench_with_input(BenchmarkId::new("candle_matmul", n), &(a, b), |bench, (a, b)| {
-            bench.iter(|| a.matmul(b).unwrap())
-        });
+        g.bench_with_input(
+            BenchmarkId::new("candle_matmul", n),
+            &(a, b),
+            |bench, (a, b)| bench.iter(|| a.matmul(b).unwrap()),
+        );
     }
     g.finish();
 }

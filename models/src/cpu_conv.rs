@@ -196,7 +196,10 @@ impl DenseConv {
         let (n, h, w) = nchw(x_layout, self.cin)?;
         let geo = self.geometry(h, w);
         let Some((oh, ow)) = geo.output(h, w) else {
-            candle_core::bail!("{h}x{w} input is smaller than the {0}x{0} kernel", self.kernel);
+            candle_core::bail!(
+                "{h}x{w} input is smaller than the {0}x{0} kernel",
+                self.kernel
+            );
         };
         let out_shape = Shape::from((n, self.cout, oh, ow));
         if let Some((_, layout)) = residual {
@@ -425,7 +428,10 @@ impl DepthwiseConv {
             pad: (self.padding)(h, w, self.kernel, self.stride),
         };
         let Some((oh, ow)) = geo.output(h, w) else {
-            candle_core::bail!("{h}x{w} input is smaller than the {0}x{0} kernel", self.kernel);
+            candle_core::bail!(
+                "{h}x{w} input is smaller than the {0}x{0} kernel",
+                self.kernel
+            );
         };
         let (t, b, l, r) = geo.pad;
         let (ph, pw) = (h + t + b, w + l + r);
@@ -446,7 +452,10 @@ impl DepthwiseConv {
                 self.plane(padded, phased, c, ow, dst);
             },
         );
-        Ok((CpuStorage::F32(out), Shape::from((n, self.channels, oh, ow))))
+        Ok((
+            CpuStorage::F32(out),
+            Shape::from((n, self.channels, oh, ow)),
+        ))
     }
 
     /// One output plane (rows of `ow`) from its zero-padded, phased input plane.

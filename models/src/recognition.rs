@@ -34,7 +34,9 @@ fn conv_layer(
     )?;
     let scale = w.vector(&format!("{prefix}/scale/weights"), cout)?;
     let shift = w.vector(&format!("{prefix}/scale/biases"), cout)?;
-    Ok(conv.fold_affine(&scale, &shift)?.with_activation(activation))
+    Ok(conv
+        .fold_affine(&scale, &shift)?
+        .with_activation(activation))
 }
 
 /// face-api's `residual` (`conv` → `convNoRelu` → `+ x` → ReLU) and `residualDown`
