@@ -69,59 +69,86 @@ impl Geometry {
 /// Chooses the padding for an input of `h × w` (TF's `same` depends on the input size).
 pub type PaddingFn = fn(usize, usize, usize, usize) -> (usize, usize, usize, usize);
 
-/// A dense (ungrouped) convolution with packed weights, bias and activation.
+/// What both kernels hold: the filter packed as one row per output channel, the bias, the
+/// geometry and the fused activation.
 #[derive(Debug, Clone)]
-pub struct DenseConv {
-    /// Filter `[cout, cin * k * k]`, rows in `(channel, ky, kx)` order.
+pub struct Packed {
     weight: Vec<f32>,
     bias: Vec<f32>,
-    cin: usize,
-    cout: usize,
     kernel: usize,
     stride: usize,
     padding: PaddingFn,
-    activation: Activation,
+    /// Applied after the bias (and residual).
+    pub activation: Activation,
+}
+
+impl Packed {
+    /// `weight` holds `channels` rows; a missing bias is zero.
+    fn new(
+        weight: Vec<f32>,
+        bias: Option<Vec<f32>>,
+        channels: usize,
+        kernel: usize,
+        stride: usize,
+        padding: PaddingFn,
+    ) -> Self {
+        Self {
+            weight,
+            bias: bias.unwrap_or_else(|| vec![0.0; channels]),
+            kernel,
+            stride,
+            padding,
+            activation: Activation::Identity,
+        }
+    }
+
+    /// Folds a per-output-channel affine layer `y * scale + shift` (batch norm, dlib's
+    /// `affine`) into the filter and bias.
+    pub fn fold_affine(&mut self, scale: &[f32], shift: &[f32]) {
+        let row = self.weight.len() / self.bias.len();
+        for (c, (b, rows)) in self
+            .bias
+            .iter_mut()
+            .zip(self.weight.chunks_mut(row))
+            .enumerate()
+        {
+            rows.iter_mut().for_each(|w| *w *= scale[c]);
+            *b = *b * scale[c] + shift[c];
+        }
+    }
+
+    /// The geometry for an `h × w` input, or an error if the kernel does not fit.
+    fn geometry(&self, h: usize, w: usize) -> candle_core::Result<(Geometry, (usize, usize))> {
+        let geo = Geometry {
+            kernel: self.kernel,
+            stride: self.stride,
+            pad: (self.padding)(h, w, self.kernel, self.stride),
+        };
+        match geo.output(h, w) {
+            Some(out) => Ok((geo, out)),
+            None => candle_core::bail!(
+                "{h}x{w} input is smaller than the {0}x{0} kernel",
+                self.kernel
+            ),
+        }
+    }
+}
+
+/// A dense (ungrouped) convolution with packed weights, bias and activation.
+#[derive(Debug, Clone)]
+pub struct DenseConv {
+    /// Filter rows of `cin * k * k` in `(channel, ky, kx)` order.
+    packed: Packed,
+    cin: usize,
+    cout: usize,
 }
 
 /// A depthwise convolution (one filter per channel) with bias and activation.
 #[derive(Debug, Clone)]
 pub struct DepthwiseConv {
-    /// Filter `[channels, k * k]`.
-    weight: Vec<f32>,
-    bias: Vec<f32>,
+    /// Filter rows of `k * k`.
+    packed: Packed,
     channels: usize,
-    kernel: usize,
-    stride: usize,
-    padding: PaddingFn,
-    activation: Activation,
-}
-
-/// What both kernels share: the per-output-channel filter rows and bias that a folded affine
-/// layer (batch norm, dlib's `affine`) rescales.
-trait PerChannel {
-    fn rows_and_bias(&mut self) -> (&mut [f32], &mut [f32]);
-}
-
-/// Folds `y * scale + shift` (per output channel) into the filter and bias of a kernel.
-fn fold_affine<K: PerChannel>(kernel: &mut K, scale: &[f32], shift: &[f32]) {
-    let (weight, bias) = kernel.rows_and_bias();
-    let row = weight.len() / bias.len();
-    for (c, (b, rows)) in bias.iter_mut().zip(weight.chunks_mut(row)).enumerate() {
-        rows.iter_mut().for_each(|w| *w *= scale[c]);
-        *b = *b * scale[c] + shift[c];
-    }
-}
-
-impl PerChannel for DenseConv {
-    fn rows_and_bias(&mut self) -> (&mut [f32], &mut [f32]) {
-        (&mut self.weight, &mut self.bias)
-    }
-}
-
-impl PerChannel for DepthwiseConv {
-    fn rows_and_bias(&mut self) -> (&mut [f32], &mut [f32]) {
-        (&mut self.weight, &mut self.bias)
-    }
 }
 
 /// The contiguous f32 data and dims of a custom op's input.
@@ -155,34 +182,15 @@ impl DenseConv {
     ) -> Self {
         debug_assert_eq!(weight.len(), cout * cin * kernel * kernel);
         Self {
-            weight,
-            bias: bias.unwrap_or_else(|| vec![0.0; cout]),
+            packed: Packed::new(weight, bias, cout, kernel, stride, padding),
             cin,
             cout,
-            kernel,
-            stride,
-            padding,
-            activation: Activation::Identity,
         }
     }
 
-    /// Sets the activation.
-    pub fn with_activation(mut self, activation: Activation) -> Self {
-        self.activation = activation;
-        self
-    }
-
-    /// Folds a per-output-channel `y * scale + shift` into the filter and bias.
-    pub fn fold_affine(&mut self, scale: &[f32], shift: &[f32]) {
-        fold_affine(self, scale, shift);
-    }
-
-    fn geometry(&self, h: usize, w: usize) -> Geometry {
-        Geometry {
-            kernel: self.kernel,
-            stride: self.stride,
-            pad: (self.padding)(h, w, self.kernel, self.stride),
-        }
+    /// The packed filter, bias and activation.
+    pub fn packed_mut(&mut self) -> &mut Packed {
+        &mut self.packed
     }
 
     /// Runs the convolution on `x` (`[n, cin, h, w]`), adding `residual` (`[n, cout, oh, ow]`)
@@ -194,13 +202,7 @@ impl DenseConv {
         residual: Option<(&[f32], &Layout)>,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (n, h, w) = nchw(x_layout, self.cin)?;
-        let geo = self.geometry(h, w);
-        let Some((oh, ow)) = geo.output(h, w) else {
-            candle_core::bail!(
-                "{h}x{w} input is smaller than the {0}x{0} kernel",
-                self.kernel
-            );
-        };
+        let (geo, (oh, ow)) = self.packed.geometry(h, w)?;
         let out_shape = Shape::from((n, self.cout, oh, ow));
         if let Some((_, layout)) = residual {
             if layout.shape() != &out_shape {
@@ -254,8 +256,12 @@ impl DenseConv {
         dst: &mut [f32],
         parallelism: Parallelism,
     ) {
-        let (m, spatial, depth) = (self.cout, oh * ow, self.cin * self.kernel * self.kernel);
-        let direct = self.kernel == 1 && self.stride == 1 && geo.pad == (0, 0, 0, 0);
+        let (m, spatial, depth) = (
+            self.cout,
+            oh * ow,
+            self.cin * self.packed.kernel * self.packed.kernel,
+        );
+        let direct = self.packed.kernel == 1 && self.packed.stride == 1 && geo.pad == (0, 0, 0, 0);
         let cols_buf;
         let cols: &[f32] = if direct {
             x
@@ -268,8 +274,8 @@ impl DenseConv {
                 Some(r) => row
                     .iter_mut()
                     .zip(&r[c * spatial..(c + 1) * spatial])
-                    .for_each(|(d, r)| *d = r + self.bias[c]),
-                None => row.fill(self.bias[c]),
+                    .for_each(|(d, r)| *d = r + self.packed.bias[c]),
+                None => row.fill(self.packed.bias[c]),
             }
         }
         // SAFETY: `dst` is `m × spatial`, `weight` is `m × depth` and `cols` is
@@ -283,7 +289,7 @@ impl DenseConv {
                 1,
                 spatial as isize,
                 true,
-                self.weight.as_ptr(),
+                self.packed.weight.as_ptr(),
                 1,
                 depth as isize,
                 cols.as_ptr(),
@@ -297,7 +303,7 @@ impl DenseConv {
                 parallelism,
             );
         }
-        self.activation.apply(dst);
+        self.packed.activation.apply(dst);
     }
 }
 
@@ -399,44 +405,23 @@ impl DepthwiseConv {
     ) -> Self {
         debug_assert_eq!(weight.len(), channels * kernel * kernel);
         Self {
-            weight,
-            bias: bias.unwrap_or_else(|| vec![0.0; channels]),
+            packed: Packed::new(weight, bias, channels, kernel, stride, padding),
             channels,
-            kernel,
-            stride,
-            padding,
-            activation: Activation::Identity,
         }
     }
 
-    /// Sets the activation.
-    pub fn with_activation(mut self, activation: Activation) -> Self {
-        self.activation = activation;
-        self
-    }
-
-    /// Folds a per-channel `y * scale + shift` into the filter and bias.
-    pub fn fold_affine(&mut self, scale: &[f32], shift: &[f32]) {
-        fold_affine(self, scale, shift);
+    /// The packed filter, bias and activation.
+    pub fn packed_mut(&mut self) -> &mut Packed {
+        &mut self.packed
     }
 
     fn forward(&self, x: &[f32], layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (n, h, w) = nchw(layout, self.channels)?;
-        let geo = Geometry {
-            kernel: self.kernel,
-            stride: self.stride,
-            pad: (self.padding)(h, w, self.kernel, self.stride),
-        };
-        let Some((oh, ow)) = geo.output(h, w) else {
-            candle_core::bail!(
-                "{h}x{w} input is smaller than the {0}x{0} kernel",
-                self.kernel
-            );
-        };
+        let (geo, (oh, ow)) = self.packed.geometry(h, w)?;
         let (t, b, l, r) = geo.pad;
         let (ph, pw) = (h + t + b, w + l + r);
         let phased = Phased {
-            stride: self.stride,
+            stride: self.packed.stride,
             width: pw,
         };
         let mut out = vec![0f32; n * self.channels * oh * ow];
@@ -460,10 +445,10 @@ impl DepthwiseConv {
 
     /// One output plane (rows of `ow`) from its zero-padded, phased input plane.
     fn plane(&self, padded: &[f32], phased: Phased, c: usize, ow: usize, dst: &mut [f32]) {
-        let (k, s, pw) = (self.kernel, self.stride, phased.width);
-        let taps = &self.weight[c * k * k..(c + 1) * k * k];
+        let (k, s, pw) = (self.packed.kernel, self.packed.stride, phased.width);
+        let taps = &self.packed.weight[c * k * k..(c + 1) * k * k];
         for (oy, out) in dst.chunks_mut(ow).enumerate() {
-            out.fill(self.bias[c]);
+            out.fill(self.packed.bias[c]);
             for ky in 0..k {
                 let src = &padded[(oy * s + ky) * pw..(oy * s + ky + 1) * pw];
                 for kx in 0..k {
@@ -475,7 +460,7 @@ impl DepthwiseConv {
                 }
             }
         }
-        self.activation.apply(dst);
+        self.packed.activation.apply(dst);
     }
 }
 

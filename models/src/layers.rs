@@ -7,7 +7,7 @@
 use candle_core::{Module, Tensor};
 
 pub use crate::cpu_conv::Activation;
-use crate::cpu_conv::{DenseConv, DepthwiseConv, PaddingFn, WithResidual};
+use crate::cpu_conv::{DenseConv, DepthwiseConv, Packed, PaddingFn, WithResidual};
 use crate::error::{ModelError, Result};
 use crate::tfjs::WeightMap;
 
@@ -156,10 +156,8 @@ impl Conv {
     /// The same conv followed by `activation`.
     pub fn with_activation(mut self, activation: Activation) -> Self {
         self.activation = activation;
-        match &mut self.imp {
-            ConvImpl::Dense(k) => *k = k.clone().with_activation(activation),
-            ConvImpl::Depthwise(k) => *k = k.clone().with_activation(activation),
-            ConvImpl::Portable { .. } => {}
+        if let Some(packed) = self.packed_mut() {
+            packed.activation = activation;
         }
         self
     }
@@ -167,19 +165,26 @@ impl Conv {
     /// Folds a per-output-channel affine layer `y * scale + shift` (batch norm, a scale
     /// layer) into the filter and bias.
     pub fn fold_affine(mut self, scale: &Tensor, shift: &Tensor) -> Result<Self> {
-        match &mut self.imp {
-            ConvImpl::Dense(k) => k.fold_affine(&scale.to_vec1()?, &shift.to_vec1()?),
-            ConvImpl::Depthwise(k) => k.fold_affine(&scale.to_vec1()?, &shift.to_vec1()?),
-            ConvImpl::Portable { weight, bias, .. } => {
-                let cout = scale.dim(0)?;
-                *weight = weight.broadcast_mul(&scale.reshape((cout, 1, 1, 1))?)?;
-                *bias = Some(match bias {
-                    Some(b) => b.mul(scale)?.add(shift)?,
-                    None => shift.clone(),
-                });
-            }
+        if let Some(packed) = self.packed_mut() {
+            packed.fold_affine(&scale.to_vec1()?, &shift.to_vec1()?);
+        } else if let ConvImpl::Portable { weight, bias, .. } = &mut self.imp {
+            let cout = scale.dim(0)?;
+            *weight = weight.broadcast_mul(&scale.reshape((cout, 1, 1, 1))?)?;
+            *bias = Some(match bias {
+                Some(b) => b.mul(scale)?.add(shift)?,
+                None => shift.clone(),
+            });
         }
         Ok(self)
+    }
+
+    /// The CPU kernel's packed weights, if this conv runs on the CPU kernels.
+    fn packed_mut(&mut self) -> Option<&mut Packed> {
+        match &mut self.imp {
+            ConvImpl::Dense(k) => Some(k.packed_mut()),
+            ConvImpl::Depthwise(k) => Some(k.packed_mut()),
+            ConvImpl::Portable { .. } => None,
+        }
     }
 
     /// Forward pass returning a [`Result`] with the crate's error type.
