@@ -1,9 +1,14 @@
 //! Building blocks shared by the networks: convolutions with TensorFlow's padding rules.
 //! Tensors are NCHW; filters are converted from TF.js layout once, at load time.
+//!
+//! The portable convolution path (any device) is below: a dense conv as one matmul over the
+//! stacked kernel taps, a depthwise conv as a sum of scaled taps.
 
 use candle_core::{Module, Tensor};
 
-use crate::error::Result;
+pub use crate::cpu_conv::Activation;
+use crate::cpu_conv::{DenseConv, DepthwiseConv, Packed, PaddingFn, WithResidual};
+use crate::error::{ModelError, Result};
 use crate::tfjs::WeightMap;
 
 /// TensorFlow's padding modes.
@@ -39,19 +44,41 @@ pub fn pad_same(x: &Tensor, kernel: usize, stride: usize) -> Result<Tensor> {
     })
 }
 
-/// A 2-D convolution (optionally grouped) with bias and TF padding semantics.
+/// Zero padding `(top, bottom, left, right)` of a padding mode for an `h × w` input.
+fn padding_of(padding: Padding) -> PaddingFn {
+    match padding {
+        Padding::Same => |h, w, k, s| {
+            let (top, bottom) = same_padding(h, k, s);
+            let (left, right) = same_padding(w, k, s);
+            (top, bottom, left, right)
+        },
+        Padding::Valid => |_, _, _, _| (0, 0, 0, 0),
+    }
+}
+
+/// How a convolution runs: the CPU kernels of [`crate::cpu_conv`] with weights packed at
+/// load time, or Candle tensor ops on any other device.
+#[derive(Debug, Clone)]
+enum ConvImpl {
+    Dense(DenseConv),
+    Depthwise(DepthwiseConv),
+    Portable {
+        /// Filter in `[out, in / groups, kh, kw]`.
+        weight: Tensor,
+        bias: Option<Tensor>,
+        groups: usize,
+    },
+}
+
+/// A 2-D convolution (dense or depthwise) with bias, TF padding semantics and a fused
+/// activation. On the CPU it runs the packed kernels of [`crate::cpu_conv`]; on other devices
+/// it runs as Candle matmuls.
 #[derive(Debug, Clone)]
 pub struct Conv {
-    /// Filter in `[out, in / groups, kh, kw]`.
-    pub weight: Tensor,
-    /// Per-output-channel bias.
-    pub bias: Option<Tensor>,
-    /// Stride along both axes.
-    pub stride: usize,
-    /// Channel groups (the channel count for a depthwise conv).
-    pub groups: usize,
-    /// Padding mode.
-    pub padding: Padding,
+    imp: ConvImpl,
+    stride: usize,
+    padding: Padding,
+    activation: Activation,
 }
 
 impl Conv {
@@ -66,13 +93,7 @@ impl Conv {
     ) -> Result<Self> {
         let weight = w.conv_filter(name, k, k, cin, cout)?;
         let bias = bias_name.map(|b| w.vector(b, cout)).transpose()?;
-        Ok(Self {
-            weight,
-            bias,
-            stride,
-            groups: 1,
-            padding,
-        })
+        Self::new(weight, bias, stride, 1, padding)
     }
 
     /// A depthwise conv whose filter is `name` (`[k, k, channels, 1]`), without bias.
@@ -84,39 +105,156 @@ impl Conv {
         stride: usize,
     ) -> Result<Self> {
         let weight = w.depthwise_filter(name, k, k, channels)?;
+        Self::new(weight, None, stride, channels, Padding::Same)
+    }
+
+    /// A conv from a `[out, in / groups, k, k]` filter and an optional bias, packed for the
+    /// CPU kernels when it lives on the CPU and is dense or depthwise.
+    pub fn new(
+        weight: Tensor,
+        bias: Option<Tensor>,
+        stride: usize,
+        groups: usize,
+        padding: Padding,
+    ) -> Result<Self> {
+        let (cout, cin_per_group, k, _) = weight.dims4()?;
+        let imp = if !weight.device().is_cpu() || (groups > 1 && cin_per_group != 1) {
+            ConvImpl::Portable {
+                weight,
+                bias,
+                groups,
+            }
+        } else {
+            let packed = weight.flatten_all()?.to_vec1::<f32>()?;
+            let bias = bias.map(|b| b.to_vec1::<f32>()).transpose()?;
+            if groups > 1 {
+                ConvImpl::Depthwise(DepthwiseConv::new(
+                    packed,
+                    bias,
+                    (cout, k),
+                    stride,
+                    padding_of(padding),
+                ))
+            } else {
+                ConvImpl::Dense(DenseConv::new(
+                    packed,
+                    bias,
+                    (cout, cin_per_group, k),
+                    stride,
+                    padding_of(padding),
+                ))
+            }
+        };
         Ok(Self {
-            weight,
-            bias: None,
+            imp,
             stride,
-            groups: channels,
-            padding: Padding::Same,
+            padding,
+            activation: Activation::Identity,
         })
     }
 
-    /// Kernel size.
-    fn kernel(&self) -> usize {
-        self.weight.dims()[2]
+    /// The same conv followed by `activation`.
+    pub fn with_activation(mut self, activation: Activation) -> Self {
+        self.activation = activation;
+        if let Some(packed) = self.packed_mut() {
+            packed.activation = activation;
+        }
+        self
+    }
+
+    /// Folds a per-output-channel affine layer `y * scale + shift` (batch norm, a scale
+    /// layer) into the filter and bias.
+    pub fn fold_affine(mut self, scale: &Tensor, shift: &Tensor) -> Result<Self> {
+        if let Some(packed) = self.packed_mut() {
+            packed.fold_affine(&scale.to_vec1()?, &shift.to_vec1()?);
+        } else if let ConvImpl::Portable { weight, bias, .. } = &mut self.imp {
+            let cout = scale.dim(0)?;
+            *weight = weight.broadcast_mul(&scale.reshape((cout, 1, 1, 1))?)?;
+            *bias = Some(match bias {
+                Some(b) => b.mul(scale)?.add(shift)?,
+                None => shift.clone(),
+            });
+        }
+        Ok(self)
+    }
+
+    /// The CPU kernel's packed weights, if this conv runs on the CPU kernels.
+    fn packed_mut(&mut self) -> Option<&mut Packed> {
+        match &mut self.imp {
+            ConvImpl::Dense(k) => Some(k.packed_mut()),
+            ConvImpl::Depthwise(k) => Some(k.packed_mut()),
+            ConvImpl::Portable { .. } => None,
+        }
     }
 
     /// Forward pass returning a [`Result`] with the crate's error type.
     pub fn run(&self, x: &Tensor) -> Result<Tensor> {
+        self.run_with(x, None)
+    }
+
+    /// `activation(conv(x) + bias + residual)`: a residual connection fused into the conv.
+    pub fn run_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        self.run_with(x, Some(residual))
+    }
+
+    fn run_with(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
+        match (&self.imp, residual) {
+            (ConvImpl::Dense(k), None) => Ok(x.contiguous()?.apply_op1_no_bwd(k)?),
+            (ConvImpl::Dense(k), Some(r)) => Ok(x
+                .contiguous()?
+                .apply_op2_no_bwd(&r.contiguous()?, &WithResidual(k))?),
+            (ConvImpl::Depthwise(k), None) => Ok(x.contiguous()?.apply_op1_no_bwd(k)?),
+            (
+                ConvImpl::Portable {
+                    weight,
+                    bias,
+                    groups,
+                },
+                _,
+            ) => {
+                let y = self.portable(x, weight, *groups)?;
+                let y = match bias {
+                    Some(b) => add_channel_bias(&y, b)?,
+                    None => y,
+                };
+                let y = match residual {
+                    Some(r) => (y + r)?,
+                    None => y,
+                };
+                activate(y, self.activation)
+            }
+            (ConvImpl::Depthwise(_), Some(_)) => Err(ModelError::InvalidInput(
+                "no network adds a residual to a depthwise conv".into(),
+            )),
+        }
+    }
+
+    /// The convolution alone (no bias) with Candle tensor ops.
+    fn portable(&self, x: &Tensor, weight: &Tensor, groups: usize) -> Result<Tensor> {
+        let k = weight.dim(2)?;
         let x = match self.padding {
-            Padding::Same => pad_same(x, self.kernel(), self.stride)?,
+            Padding::Same => pad_same(x, k, self.stride)?,
             Padding::Valid => x.clone(),
         };
-        let depthwise = self.groups > 1 && self.weight.dims()[1] == 1 && x.dim(1)? == self.groups;
-        let y = if depthwise {
-            depthwise_conv(&x, &self.weight, self.stride)?
-        } else if self.groups == 1 {
-            dense_conv(&x, &self.weight, self.stride)?
+        let depthwise = groups > 1 && weight.dim(1)? == 1 && x.dim(1)? == groups;
+        Ok(if depthwise {
+            depthwise_conv(&x, weight, self.stride)?
+        } else if groups == 1 {
+            dense_conv(&x, weight, self.stride)?
         } else {
-            x.conv2d(&self.weight, 0, self.stride, 1, self.groups)?
-        };
-        Ok(match &self.bias {
-            Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?)?,
-            None => y,
+            x.conv2d(weight, 0, self.stride, 1, groups)?
         })
     }
+}
+
+/// Applies an activation with tensor ops.
+fn activate(x: Tensor, activation: Activation) -> Result<Tensor> {
+    Ok(match activation {
+        Activation::Identity => x,
+        Activation::Relu => x.relu()?,
+        Activation::Relu6 => x.clamp(0f32, 6f32)?,
+        Activation::Leaky(slope) => x.maximum(&(&x * slope as f64)?)?,
+    })
 }
 
 impl Module for Conv {
@@ -159,6 +297,12 @@ impl SeparableConv {
                 Padding::Valid,
             )?,
         })
+    }
+
+    /// The same block with `activation` after the pointwise conv.
+    pub fn with_activation(mut self, activation: Activation) -> Self {
+        self.pointwise = self.pointwise.with_activation(activation);
+        self
     }
 
     /// Forward pass returning a [`Result`] with the crate's error type.
@@ -330,6 +474,122 @@ mod tests {
             let diff = max_abs_diff(&got, &want);
             assert!(diff < 1e-4, "k {k} stride {stride}: {diff}");
         }
+    }
+
+    /// Candle's own conv2d, bias, residual and activation: what the CPU kernels must equal.
+    #[allow(clippy::too_many_arguments)]
+    fn reference(
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        stride: usize,
+        groups: usize,
+        padding: Padding,
+        activation: Activation,
+        residual: Option<&Tensor>,
+    ) -> Tensor {
+        let k = w.dim(2).unwrap();
+        let xp = match padding {
+            Padding::Same => pad_same(x, k, stride).unwrap(),
+            Padding::Valid => x.clone(),
+        };
+        let y = add_channel_bias(&xp.conv2d(w, 0, stride, 1, groups).unwrap(), b).unwrap();
+        let y = match residual {
+            Some(r) => (y + r).unwrap(),
+            None => y,
+        };
+        activate(y, activation).unwrap()
+    }
+
+    #[test]
+    fn cpu_kernels_equal_candle_conv2d() {
+        let dev = candle_core::Device::Cpu;
+        let acts = [
+            Activation::Identity,
+            Activation::Relu,
+            Activation::Relu6,
+            Activation::Leaky(0.1),
+        ];
+        // (batch, cin, cout, h, w, kernel, stride, padding)
+        let dense = [
+            (1, 3, 8, 23, 17, 7, 2, Padding::Valid),
+            (2, 5, 7, 9, 8, 3, 1, Padding::Same),
+            (3, 16, 9, 11, 13, 3, 2, Padding::Same),
+            (1, 6, 5, 12, 7, 3, 2, Padding::Valid),
+            (1, 8, 4, 6, 6, 1, 1, Padding::Valid),
+            (2, 4, 6, 10, 7, 1, 2, Padding::Same),
+            (4, 32, 24, 5, 5, 3, 1, Padding::Same),
+            // More output channels than positions: split by channel blocks.
+            (1, 40, 48, 4, 5, 3, 1, Padding::Same),
+            (1, 24, 36, 7, 6, 3, 2, Padding::Same),
+        ];
+        for (i, &(n, cin, cout, h, w, k, stride, padding)) in dense.iter().enumerate() {
+            let x = Tensor::randn(0f32, 1.0, (n, cin, h, w), &dev).unwrap();
+            let wt = Tensor::randn(0f32, 0.3, (cout, cin, k, k), &dev).unwrap();
+            let b = Tensor::randn(0f32, 1.0, cout, &dev).unwrap();
+            let act = acts[i % acts.len()];
+            let conv = Conv::new(wt.clone(), Some(b.clone()), stride, 1, padding)
+                .unwrap()
+                .with_activation(act);
+            assert!(matches!(conv.imp, ConvImpl::Dense(_)));
+            let got = conv.run(&x).unwrap();
+            let want = reference(&x, &wt, &b, stride, 1, padding, act, None);
+            assert_eq!(got.dims(), want.dims(), "case {i}");
+            let diff = max_abs_diff(&got, &want);
+            assert!(diff < 1e-4, "dense case {i}: {diff}");
+
+            let r = Tensor::randn(0f32, 1.0, want.dims(), &dev).unwrap();
+            let got = conv.run_add(&x, &r).unwrap();
+            let want = reference(&x, &wt, &b, stride, 1, padding, act, Some(&r));
+            let diff = max_abs_diff(&got, &want);
+            assert!(diff < 1e-4, "dense case {i} with residual: {diff}");
+        }
+        // (batch, channels, h, w, kernel, stride, padding)
+        let depthwise = [
+            (1, 5, 9, 8, 3, 1, Padding::Same),
+            (2, 7, 11, 13, 3, 2, Padding::Same),
+            (3, 4, 8, 8, 3, 2, Padding::Valid),
+            (1, 3, 10, 9, 5, 1, Padding::Same),
+        ];
+        for (i, &(n, c, h, w, k, stride, padding)) in depthwise.iter().enumerate() {
+            let x = Tensor::randn(0f32, 1.0, (n, c, h, w), &dev).unwrap();
+            let wt = Tensor::randn(0f32, 0.5, (c, 1, k, k), &dev).unwrap();
+            let b = Tensor::randn(0f32, 1.0, c, &dev).unwrap();
+            let act = acts[(i + 1) % acts.len()];
+            let conv = Conv::new(wt.clone(), Some(b.clone()), stride, c, padding)
+                .unwrap()
+                .with_activation(act);
+            assert!(matches!(conv.imp, ConvImpl::Depthwise(_)));
+            let got = conv.run(&x).unwrap();
+            let want = reference(&x, &wt, &b, stride, c, padding, act, None);
+            assert_eq!(got.dims(), want.dims(), "case {i}");
+            let diff = max_abs_diff(&got, &want);
+            assert!(diff < 1e-5, "depthwise case {i}: {diff}");
+        }
+    }
+
+    #[test]
+    fn folded_affine_equals_conv_then_affine() {
+        let dev = candle_core::Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (2, 4, 7, 6), &dev).unwrap();
+        let wt = Tensor::randn(0f32, 0.5, (5, 4, 3, 3), &dev).unwrap();
+        let b = Tensor::randn(0f32, 1.0, 5, &dev).unwrap();
+        let scale = Tensor::randn(0f32, 1.0, 5, &dev).unwrap();
+        let shift = Tensor::randn(0f32, 1.0, 5, &dev).unwrap();
+        let plain = Conv::new(wt, Some(b), 1, 1, Padding::Same).unwrap();
+        let want = add_channel_bias(
+            &mul_channel(&plain.run(&x).unwrap(), &scale).unwrap(),
+            &shift,
+        )
+        .unwrap()
+        .relu()
+        .unwrap();
+        let folded = plain
+            .fold_affine(&scale, &shift)
+            .unwrap()
+            .with_activation(Activation::Relu);
+        let diff = max_abs_diff(&folded.run(&x).unwrap(), &want);
+        assert!(diff < 1e-4, "{diff}");
     }
 
     #[test]

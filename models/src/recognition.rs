@@ -5,64 +5,47 @@
 use candle_core::{Device, Tensor, D};
 
 use crate::error::{ModelError, Result};
-use crate::layers::{max_pool, Conv, Padding};
+use crate::layers::{max_pool, Activation, Conv, Padding};
 use crate::preprocess::{to_batch_tensor, FloatImage};
 use crate::tfjs::WeightMap;
 
 /// face-api's `normalize` mean, subtracted per RGB channel before dividing by 255.
 const MEAN_RGB: [f32; 3] = [122.782, 117.001, 104.298];
 
-/// `conv` → `+ bias` → scale layer (`* weights + biases`), optionally ReLU.
+/// `conv` → `+ bias` → scale layer (`* weights + biases`), then `activation`.
 ///
 /// The scale layer is folded into the conv at load time:
 /// `(conv(x, W) + b) * s + t = conv(x, W * s) + (b * s + t)` (exact up to float rounding).
-#[derive(Debug, Clone)]
-struct ConvLayer {
-    conv: Conv,
-    relu: bool,
-}
-
-impl ConvLayer {
-    fn load(
-        w: &WeightMap,
-        prefix: &str,
-        (k, cin, cout): (usize, usize, usize),
-        stride: usize,
-        padding: Padding,
-        relu: bool,
-    ) -> Result<Self> {
-        let mut conv = Conv::load(
-            w,
-            &format!("{prefix}/conv/filters"),
-            Some(&format!("{prefix}/conv/bias")),
-            (k, cin, cout),
-            stride,
-            padding,
-        )?;
-        let scale = w.vector(&format!("{prefix}/scale/weights"), cout)?;
-        let shift = w.vector(&format!("{prefix}/scale/biases"), cout)?;
-        conv.weight = conv
-            .weight
-            .broadcast_mul(&scale.reshape((cout, 1, 1, 1))?)?;
-        conv.bias = match conv.bias {
-            Some(b) => Some(b.mul(&scale)?.add(&shift)?),
-            None => Some(shift),
-        };
-        Ok(Self { conv, relu })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.conv.run(x)?;
-        Ok(if self.relu { y.relu()? } else { y })
-    }
+fn conv_layer(
+    w: &WeightMap,
+    prefix: &str,
+    (k, cin, cout): (usize, usize, usize),
+    stride: usize,
+    padding: Padding,
+    activation: Activation,
+) -> Result<Conv> {
+    let conv = Conv::load(
+        w,
+        &format!("{prefix}/conv/filters"),
+        Some(&format!("{prefix}/conv/bias")),
+        (k, cin, cout),
+        stride,
+        padding,
+    )?;
+    let scale = w.vector(&format!("{prefix}/scale/weights"), cout)?;
+    let shift = w.vector(&format!("{prefix}/scale/biases"), cout)?;
+    Ok(conv
+        .fold_affine(&scale, &shift)?
+        .with_activation(activation))
 }
 
 /// face-api's `residual` (`conv` → `convNoRelu` → `+ x` → ReLU) and `residualDown`
 /// (`convDown` (3×3, stride 2, valid) → `convNoRelu`, shortcut `avgPool(2, 2, valid)`).
 #[derive(Debug, Clone)]
 struct Residual {
-    conv1: ConvLayer,
-    conv2: ConvLayer,
+    conv1: Conv,
+    /// Ends with the block's ReLU (and adds the shortcut) unless the block down-samples.
+    conv2: Conv,
     down: bool,
 }
 
@@ -74,31 +57,36 @@ impl Residual {
             (1, Padding::Same)
         };
         Ok(Self {
-            conv1: ConvLayer::load(
+            conv1: conv_layer(
                 w,
                 &format!("{prefix}/conv1"),
                 (3, cin, cout),
                 stride,
                 padding,
-                true,
+                Activation::Relu,
             )?,
-            conv2: ConvLayer::load(
+            conv2: conv_layer(
                 w,
                 &format!("{prefix}/conv2"),
                 (3, cout, cout),
                 1,
                 Padding::Same,
-                false,
+                if down {
+                    Activation::Identity
+                } else {
+                    Activation::Relu
+                },
             )?,
             down,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let out = self.conv2.forward(&self.conv1.forward(x)?)?;
+        let hidden = self.conv1.run(x)?;
         if !self.down {
-            return Ok((out + x)?.relu()?);
+            return self.conv2.run_add(&hidden, x);
         }
+        let out = self.conv2.run(&hidden)?;
         // residualDown: the shortcut is a 2×2/2 valid average pool of the input. When the
         // strided valid conv came out one smaller (odd-to-even sizes), face-api appends a zero
         // row at the bottom and a zero column at the right of the conv branch; when channels
@@ -122,7 +110,7 @@ impl Residual {
 /// face-api's face recognition network (128-d descriptors, dlib's ResNet weights).
 #[derive(Debug, Clone)]
 pub struct FaceRecognitionNet {
-    conv32_down: ConvLayer,
+    conv32_down: Conv,
     blocks: Vec<Residual>,
     fc: Tensor,
     mean: Tensor,
@@ -139,8 +127,14 @@ impl FaceRecognitionNet {
 
     /// Builds the network from the `face_recognition_model` weights.
     pub fn load(weights: &WeightMap) -> Result<Self> {
-        let conv32_down =
-            ConvLayer::load(weights, "conv32_down", (7, 3, 32), 2, Padding::Valid, true)?;
+        let conv32_down = conv_layer(
+            weights,
+            "conv32_down",
+            (7, 3, 32),
+            2,
+            Padding::Valid,
+            Activation::Relu,
+        )?;
         // (name, in channels, out channels, down-sampling)
         const BLOCKS: [(&str, usize, usize, bool); 14] = [
             ("conv32_1", 32, 32, false),
@@ -178,7 +172,7 @@ impl FaceRecognitionNet {
     /// descriptors, as face-api's `computeFaceDescriptor` returns them.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = (x.broadcast_sub(&self.mean)? / 255.0)?;
-        let mut out = self.conv32_down.forward(&x)?;
+        let mut out = self.conv32_down.run(&x)?;
         out = max_pool(&out, 3, 2, Padding::Valid)?;
         for block in &self.blocks {
             out = block.forward(&out)?;

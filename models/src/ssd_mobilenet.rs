@@ -7,7 +7,7 @@ use candle_core::{Device, Tensor, D};
 
 use crate::detection::{non_max_suppression, Detection, FaceBox};
 use crate::error::Result;
-use crate::layers::{Conv, Padding};
+use crate::layers::{Activation, Conv, Padding};
 use crate::preprocess::{to_batch_tensor, FloatImage};
 use crate::tfjs::WeightMap;
 
@@ -18,12 +18,8 @@ const NUM_ANCHORS: usize = 5118;
 /// IoU above which face-api's NMS suppresses a box.
 const NMS_IOU: f32 = 0.5;
 
-/// ReLU6, face-api's `clipByValue(x, 0, 6)`.
-fn relu6(x: &Tensor) -> Result<Tensor> {
-    Ok(x.clamp(0f32, 6f32)?)
-}
-
-/// face-api's `pointwiseConvLayer`: a `same` conv plus `convolution_bn_offset`, then ReLU6.
+/// face-api's `pointwiseConvLayer`: a `same` conv plus `convolution_bn_offset`, then ReLU6
+/// (`clipByValue(x, 0, 6)`).
 /// Used for the backbone's first 3x3 conv, its pointwise convs and the extra SSD feature layers.
 #[derive(Debug, Clone)]
 pub struct PointwiseConvLayer {
@@ -47,13 +43,14 @@ impl PointwiseConvLayer {
             (k, cin, cout),
             stride,
             Padding::Same,
-        )?;
+        )?
+        .with_activation(Activation::Relu6);
         Ok(Self { conv })
     }
 
     /// Applies the layer to an NCHW tensor.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        relu6(&self.conv.run(x)?)
+        self.conv.run(x)
     }
 }
 
@@ -68,7 +65,7 @@ impl DepthwiseConvLayer {
     /// Loads `MobilenetV1/Conv2d_<idx>_depthwise/{depthwise_weights,BatchNorm/*}`.
     pub fn load(w: &WeightMap, idx: usize, channels: usize, stride: usize) -> Result<Self> {
         let base = format!("MobilenetV1/Conv2d_{idx}_depthwise");
-        let mut conv =
+        let conv =
             Conv::load_depthwise(w, &format!("{base}/depthwise_weights"), 3, channels, stride)?;
         let bn = |name: &str| w.vector(&format!("{base}/BatchNorm/{name}"), channels);
         let (gamma, beta) = (bn("gamma")?, bn("beta")?);
@@ -76,16 +73,16 @@ impl DepthwiseConvLayer {
         // (x - mean) * gamma / sqrt(var + eps) + beta  ==  x * scale + (beta - mean * scale).
         let scale = (gamma / (variance + BN_EPSILON)?.sqrt()?)?;
         let bias = (beta - (mean * &scale)?)?;
-        conv.weight = conv
-            .weight
-            .broadcast_mul(&scale.reshape((channels, 1, 1, 1))?)?;
-        conv.bias = Some(bias);
-        Ok(Self { conv })
+        Ok(Self {
+            conv: conv
+                .fold_affine(&scale, &bias)?
+                .with_activation(Activation::Relu6),
+        })
     }
 
     /// Applies the layer to an NCHW tensor.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        relu6(&self.conv.run(x)?)
+        self.conv.run(x)
     }
 }
 

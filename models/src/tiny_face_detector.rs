@@ -5,7 +5,7 @@ use candle_core::{Device, Tensor};
 
 use crate::detection::{non_max_suppression, Detection, FaceBox};
 use crate::error::{ModelError, Result};
-use crate::layers::{max_pool, Conv, Padding, SeparableConv};
+use crate::layers::{max_pool, Activation, Conv, Padding, SeparableConv};
 use crate::preprocess::{to_batch_tensor, FloatImage};
 use crate::tfjs::WeightMap;
 
@@ -25,9 +25,7 @@ const BOX_ENCODING: usize = 5;
 const IOU_THRESHOLD: f32 = 0.4;
 
 /// face-api's `leaky`: leaky ReLU with slope 0.1.
-fn leaky(x: &Tensor) -> Result<Tensor> {
-    Ok(x.maximum(&(x * 0.1)?)?)
-}
+const LEAKY: Activation = Activation::Leaky(0.1);
 
 fn sigmoid(x: f64) -> f64 {
     1.0 / (1.0 + (-x).exp())
@@ -55,12 +53,18 @@ impl TinyFaceDetector {
             (3, 3, 16),
             1,
             Padding::Valid,
-        )?;
+        )?
+        .with_activation(LEAKY);
         let channels = [16, 32, 64, 128, 256, 512];
         let separable = channels
             .windows(2)
             .enumerate()
-            .map(|(i, c)| SeparableConv::load(weights, &format!("conv{}", i + 1), c[0], c[1], 1))
+            .map(|(i, c)| {
+                Ok(
+                    SeparableConv::load(weights, &format!("conv{}", i + 1), c[0], c[1], 1)?
+                        .with_activation(LEAKY),
+                )
+            })
             .collect::<Result<Vec<_>>>()?;
         let conv8 = Conv::load(
             weights,
@@ -70,7 +74,7 @@ impl TinyFaceDetector {
             1,
             Padding::Valid,
         )?;
-        let device = conv0.weight.device().clone();
+        let device = weights.vector("conv0/bias", 16)?.device().clone();
         Ok(Self {
             conv0,
             separable,
@@ -88,11 +92,11 @@ impl TinyFaceDetector {
     /// `[n, 25, s/32, s/32]`; channel `5 * anchor + k` holds `x, y, w, h, score` logits.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = (x.broadcast_sub(&self.mean)? / 255.0)?;
-        let mut out = max_pool(&leaky(&self.conv0.run(&x)?)?, 2, 2, Padding::Same)?;
+        let mut out = max_pool(&self.conv0.run(&x)?, 2, 2, Padding::Same)?;
         let last = self.separable.len() - 1;
         for (i, conv) in self.separable.iter().enumerate() {
             // face-api pads by 1 and runs a `valid` conv: the same as TF `same` for 3x3, stride 1.
-            out = leaky(&conv.run(&out)?)?;
+            out = conv.run(&out)?;
             let stride = if i == last { 1 } else { 2 };
             out = max_pool(&out, 2, stride, Padding::Same)?;
         }
