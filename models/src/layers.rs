@@ -389,11 +389,6 @@ pub fn add_channel_bias(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
     Ok(x.broadcast_add(&bias.reshape((1, (), 1, 1))?)?)
 }
 
-/// Multiplies an NCHW tensor by a per-channel vector.
-pub fn mul_channel(x: &Tensor, scale: &Tensor) -> Result<Tensor> {
-    Ok(x.broadcast_mul(&scale.reshape((1, (), 1, 1))?)?)
-}
-
 /// TF's `maxPool` with a square window; `same` padding pads with -inf, as TF does.
 pub fn max_pool(x: &Tensor, kernel: usize, stride: usize, padding: Padding) -> Result<Tensor> {
     let x = match padding {
@@ -578,7 +573,11 @@ mod tests {
         let shift = Tensor::randn(0f32, 1.0, 5, &dev).unwrap();
         let plain = Conv::new(wt, Some(b), 1, 1, Padding::Same).unwrap();
         let want = add_channel_bias(
-            &mul_channel(&plain.run(&x).unwrap(), &scale).unwrap(),
+            &plain
+                .run(&x)
+                .unwrap()
+                .broadcast_mul(&scale.reshape((1, (), 1, 1)).unwrap())
+                .unwrap(),
             &shift,
         )
         .unwrap()
