@@ -517,6 +517,10 @@ mod tests {
             // More output channels than positions: split by channel blocks.
             (1, 40, 48, 4, 5, 3, 1, Padding::Same),
             (1, 24, 36, 7, 6, 3, 2, Padding::Same),
+            // Few taps per output (first layers): the direct kernel, in blocks of four
+            // channels plus single channels, across wide, blocked and leftover columns.
+            (1, 3, 32, 31, 45, 3, 2, Padding::Same),
+            (2, 3, 6, 13, 40, 3, 1, Padding::Same),
         ];
         for (i, &(n, cin, cout, h, w, k, stride, padding)) in dense.iter().enumerate() {
             let x = Tensor::randn(0f32, 1.0, (n, cin, h, w), &dev).unwrap();
@@ -545,6 +549,9 @@ mod tests {
             (2, 7, 11, 13, 3, 2, Padding::Same),
             (3, 4, 8, 8, 3, 2, Padding::Valid),
             (1, 3, 10, 9, 5, 1, Padding::Same),
+            // Rows wider than the kernel's widest block, with leftovers.
+            (1, 3, 37, 70, 3, 1, Padding::Same),
+            (2, 4, 35, 81, 3, 2, Padding::Same),
         ];
         for (i, &(n, c, h, w, k, stride, padding)) in depthwise.iter().enumerate() {
             let x = Tensor::randn(0f32, 1.0, (n, c, h, w), &dev).unwrap();

@@ -1,0 +1,81 @@
+//! Depthwise convolutions (one filter per channel): the direct [`stencil`] kernel over each
+//! channel plane, zero-padded and phased once, with the bias and activation fused.
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
+use rayon::prelude::*;
+
+use super::{input, nchw, stencil, stencil::single_channel, Packed, PaddedPlanes, PaddingFn};
+
+/// A depthwise convolution (one filter per channel) with bias and activation.
+#[derive(Debug, Clone)]
+pub struct DepthwiseConv {
+    /// Filter rows of `k * k`.
+    packed: Packed,
+    channels: usize,
+}
+
+impl DepthwiseConv {
+    /// Packs a `[channels, 1, k, k]` filter (as its contiguous data) and an optional bias.
+    pub fn new(
+        weight: Vec<f32>,
+        bias: Option<Vec<f32>>,
+        (channels, kernel): (usize, usize),
+        stride: usize,
+        padding: PaddingFn,
+    ) -> Self {
+        debug_assert_eq!(weight.len(), channels * kernel * kernel);
+        Self {
+            packed: Packed::new(weight, bias, channels, kernel, stride, padding),
+            channels,
+        }
+    }
+
+    /// The packed filter, bias and activation.
+    pub fn packed_mut(&mut self) -> &mut Packed {
+        &mut self.packed
+    }
+
+    fn forward(&self, x: &[f32], layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, h, w) = nchw(layout, self.channels)?;
+        let (geo, (oh, ow)) = self.packed.geometry(h, w)?;
+        let taps = geo.kernel * geo.kernel;
+        let mut out = vec![0f32; n * self.channels * oh * ow];
+        out.par_chunks_mut(oh * ow).enumerate().for_each_init(
+            || PaddedPlanes::new(1, (h, w), geo),
+            |padded, (plane, dst)| {
+                let c = plane % self.channels;
+                padded.fill(0, &x[plane * h * w..(plane + 1) * h * w]);
+                let mut srcs = Vec::with_capacity(taps);
+                let weights = single_channel(&self.packed.weight[c * taps..(c + 1) * taps]);
+                for (oy, row) in dst.chunks_mut(ow).enumerate() {
+                    padded.tap_rows(0..1, oy, &mut srcs);
+                    stencil::row::<1, 32>(
+                        &srcs,
+                        &weights,
+                        [self.packed.bias[c]],
+                        self.packed.activation,
+                        (row, 0, ow),
+                    );
+                }
+            },
+        );
+        Ok((
+            CpuStorage::F32(out),
+            Shape::from((n, self.channels, oh, ow)),
+        ))
+    }
+}
+
+impl CustomOp1 for DepthwiseConv {
+    fn name(&self) -> &'static str {
+        "rollcall-depthwise-conv"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.forward(input(storage, layout)?, layout)
+    }
+}

@@ -1,0 +1,292 @@
+//! CPU convolution kernels, plugged into Candle as custom ops so that tensors stay Candle
+//! tensors end to end.
+//!
+//! - Dense convolutions ([`DenseConv`]): im2col (skipped for 1×1 stride-1 filters) and one
+//!   `gemm` per image into an output pre-filled with the bias (and the residual branch, when
+//!   there is one), so bias and residual cost no extra pass; the activation runs over each
+//!   image's output while it is still in cache. Filters with few taps (the 3-channel first
+//!   layers) run on the direct [`stencil`] kernel instead, where gemm's packing would dominate.
+//! - Depthwise convolutions ([`DepthwiseConv`]): the direct [`stencil`] kernel per channel
+//!   plane, with the bias and activation fused.
+//!
+//! Weights are packed once, when a layer is built. Both kernels use every Rayon thread: across
+//! images when the batch has at least as many images as threads, inside each image otherwise
+//! (gemm's own threading, channel blocks or planes for the direct kernel).
+
+mod dense;
+mod depthwise;
+mod stencil;
+
+pub use dense::{DenseConv, WithResidual};
+pub use depthwise::DepthwiseConv;
+
+use candle_core::{CpuStorage, Layout};
+
+/// Pointwise non-linearity applied after the bias (and the residual, if any).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Activation {
+    /// No non-linearity.
+    Identity,
+    /// `max(x, 0)`.
+    Relu,
+    /// `min(max(x, 0), 6)`.
+    Relu6,
+    /// `x` where positive, `slope * x` elsewhere.
+    Leaky(f32),
+}
+
+impl Activation {
+    /// Applies the activation in place.
+    #[inline]
+    pub fn apply(self, xs: &mut [f32]) {
+        match self {
+            Self::Identity => {}
+            Self::Relu => xs.iter_mut().for_each(|v| *v = v.max(0.0)),
+            Self::Relu6 => xs.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0)),
+            Self::Leaky(slope) => xs.iter_mut().for_each(|v| *v = v.max(*v * slope)),
+        }
+    }
+}
+
+/// Spatial geometry of one convolution: square kernel, stride and explicit zero padding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    /// Kernel side.
+    pub kernel: usize,
+    /// Stride along both axes.
+    pub stride: usize,
+    /// Zero padding `(top, bottom, left, right)`.
+    pub pad: (usize, usize, usize, usize),
+}
+
+impl Geometry {
+    /// Output `(height, width)` for an input of `h × w`; `None` if the kernel does not fit.
+    pub fn output(&self, h: usize, w: usize) -> Option<(usize, usize)> {
+        let (t, b, l, r) = self.pad;
+        let (ph, pw) = (h + t + b, w + l + r);
+        (ph >= self.kernel && pw >= self.kernel).then(|| {
+            (
+                (ph - self.kernel) / self.stride + 1,
+                (pw - self.kernel) / self.stride + 1,
+            )
+        })
+    }
+}
+
+/// Chooses the padding for an input of `h × w` (TF's `same` depends on the input size).
+pub type PaddingFn = fn(usize, usize, usize, usize) -> (usize, usize, usize, usize);
+
+/// What both kernels hold: the filter packed as one row per output channel, the bias, the
+/// geometry and the fused activation.
+#[derive(Debug, Clone)]
+pub struct Packed {
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    kernel: usize,
+    stride: usize,
+    padding: PaddingFn,
+    /// Applied after the bias (and residual).
+    pub activation: Activation,
+}
+
+impl Packed {
+    /// `weight` holds `channels` rows; a missing bias is zero.
+    fn new(
+        weight: Vec<f32>,
+        bias: Option<Vec<f32>>,
+        channels: usize,
+        kernel: usize,
+        stride: usize,
+        padding: PaddingFn,
+    ) -> Self {
+        Self {
+            weight,
+            bias: bias.unwrap_or_else(|| vec![0.0; channels]),
+            kernel,
+            stride,
+            padding,
+            activation: Activation::Identity,
+        }
+    }
+
+    /// Folds a per-output-channel affine layer `y * scale + shift` (batch norm, dlib's
+    /// `affine`) into the filter and bias.
+    pub fn fold_affine(&mut self, scale: &[f32], shift: &[f32]) {
+        let row = self.weight.len() / self.bias.len();
+        for (c, (b, rows)) in self
+            .bias
+            .iter_mut()
+            .zip(self.weight.chunks_mut(row))
+            .enumerate()
+        {
+            rows.iter_mut().for_each(|w| *w *= scale[c]);
+            *b = *b * scale[c] + shift[c];
+        }
+    }
+
+    /// The geometry for an `h × w` input, or an error if the kernel does not fit.
+    fn geometry(&self, h: usize, w: usize) -> candle_core::Result<(Geometry, (usize, usize))> {
+        let geo = Geometry {
+            kernel: self.kernel,
+            stride: self.stride,
+            pad: (self.padding)(h, w, self.kernel, self.stride),
+        };
+        match geo.output(h, w) {
+            Some(out) => Ok((geo, out)),
+            None => candle_core::bail!(
+                "{h}x{w} input is smaller than the {0}x{0} kernel",
+                self.kernel
+            ),
+        }
+    }
+}
+
+/// The contiguous f32 data of a custom op's input.
+fn input<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(data) = storage else {
+        candle_core::bail!("the CPU convolution kernels take f32 tensors");
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("the CPU convolution kernels take contiguous tensors"),
+    }
+}
+
+/// `[n, c, h, w]` of a layout, checking the channel count.
+fn nchw(layout: &Layout, channels: usize) -> candle_core::Result<(usize, usize, usize)> {
+    let (n, c, h, w) = layout.shape().dims4()?;
+    if c != channels {
+        candle_core::bail!("convolution expects {channels} input channels, got {c}");
+    }
+    Ok((n, h, w))
+}
+
+/// Rows rearranged by phase for a stride: the samples `x ≡ p (mod stride)` of a row are stored
+/// contiguously, phase after phase, so a strided read of a row becomes a contiguous slice.
+#[derive(Debug, Clone, Copy)]
+struct Phased {
+    stride: usize,
+    width: usize,
+}
+
+impl Phased {
+    /// Where sample `x` of a row lives in its phased row.
+    fn offset(&self, x: usize) -> usize {
+        let phase = x % self.stride;
+        (0..phase)
+            .map(|q| (self.width - q).div_ceil(self.stride))
+            .sum::<usize>()
+            + x / self.stride
+    }
+
+    /// Writes `src` as samples `left..left + src.len()` of a phased row `dst`; the other
+    /// samples of `dst` are left as they are.
+    fn write(&self, src: &[f32], left: usize, dst: &mut [f32]) {
+        if self.stride == 1 {
+            dst[left..left + src.len()].copy_from_slice(src);
+            return;
+        }
+        let s = self.stride;
+        for phase in 0..s.min(self.width) {
+            // The first sample at or after `left` in this phase.
+            let first = left + (phase + s - left % s) % s;
+            if first >= left + src.len() {
+                continue;
+            }
+            let start = self.offset(first);
+            for (o, v) in dst[start..]
+                .iter_mut()
+                .zip(src[first - left..].iter().step_by(s))
+            {
+                *o = *v;
+            }
+        }
+    }
+}
+
+/// Input planes zero-padded for one convolution, rows phased by its stride, so that every tap
+/// of an output row reads one contiguous slice (what the [`stencil`] kernel takes).
+struct PaddedPlanes {
+    data: Vec<f32>,
+    geo: Geometry,
+    height: usize,
+    phased: Phased,
+    /// Where tap `kx` of the first output column lives in a phased row.
+    tap_offsets: Vec<usize>,
+}
+
+impl PaddedPlanes {
+    /// Zeroed room for `planes` planes of `h × w` under `geo`.
+    fn new(planes: usize, (h, w): (usize, usize), geo: Geometry) -> Self {
+        let (t, b, l, r) = geo.pad;
+        let (height, width) = (h + t + b, w + l + r);
+        let phased = Phased {
+            stride: geo.stride,
+            width,
+        };
+        Self {
+            data: vec![0f32; planes * height * width],
+            geo,
+            height,
+            phased,
+            tap_offsets: (0..geo.kernel).map(|kx| phased.offset(kx)).collect(),
+        }
+    }
+
+    /// Copies plane `index` (`rows` of the input's width) into place. Padding samples are
+    /// never written, so they stay zero when the planes are refilled.
+    fn fill(&mut self, index: usize, rows: &[f32]) {
+        let (top, _, left, right) = self.geo.pad;
+        let (pw, plane) = (self.phased.width, self.height * self.phased.width);
+        let w = pw - left - right;
+        let dst = &mut self.data[index * plane..(index + 1) * plane];
+        for (y, row) in rows.chunks(w).enumerate() {
+            self.phased
+                .write(row, left, &mut dst[(y + top) * pw..(y + top + 1) * pw]);
+        }
+    }
+
+    /// The source rows of output row `oy` for the planes `planes`: for each plane, each
+    /// `(ky, kx)` tap, the slice starting at the sample that tap multiplies into output
+    /// column 0 (its next samples feed the next columns).
+    fn tap_rows<'a>(
+        &'a self,
+        planes: std::ops::Range<usize>,
+        oy: usize,
+        srcs: &mut Vec<&'a [f32]>,
+    ) {
+        let (k, s, pw) = (self.geo.kernel, self.geo.stride, self.phased.width);
+        let plane = self.height * pw;
+        srcs.clear();
+        for p in planes {
+            for ky in 0..k {
+                let row = p * plane + (oy * s + ky) * pw;
+                srcs.extend(self.tap_offsets.iter().map(|&x| &self.data[row + x..]));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phased_rows_hold_every_sample_once_in_phase_order() {
+        for (stride, width, left, len) in [(1, 7, 2, 4), (2, 9, 1, 7), (2, 8, 0, 8), (3, 10, 2, 5)]
+        {
+            let phased = Phased { stride, width };
+            let src: Vec<f32> = (1..=len).map(|v| v as f32).collect();
+            let mut dst = vec![0f32; width];
+            phased.write(&src, left, &mut dst);
+            for x in 0..width {
+                let want = if (left..left + len).contains(&x) {
+                    src[x - left]
+                } else {
+                    0.0
+                };
+                assert_eq!(dst[phased.offset(x)], want, "stride {stride} sample {x}");
+            }
+        }
+    }
+}
