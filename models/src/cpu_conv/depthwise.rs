@@ -4,7 +4,7 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
 use rayon::prelude::*;
 
-use super::{input, nchw, stencil, stencil::single_channel, Packed, PaddedPlanes, PaddingFn};
+use super::{input, nchw, stencil, Packed, PaddedPlanes, PaddingFn};
 
 /// A depthwise convolution (one filter per channel) with bias and activation.
 #[derive(Debug, Clone)]
@@ -46,15 +46,14 @@ impl DepthwiseConv {
                 let c = plane % self.channels;
                 padded.fill(0, &x[plane * h * w..(plane + 1) * h * w]);
                 let mut srcs = Vec::with_capacity(taps);
-                let weights = single_channel(&self.packed.weight[c * taps..(c + 1) * taps]);
                 for (oy, row) in dst.chunks_mut(ow).enumerate() {
                     padded.tap_rows(0..1, oy, &mut srcs);
-                    stencil::row::<1, 32>(
+                    stencil::stream_row(
                         &srcs,
-                        &weights,
-                        [self.packed.bias[c]],
+                        &self.packed.weight[c * taps..(c + 1) * taps],
+                        self.packed.bias[c],
                         self.packed.activation,
-                        (row, 0, ow),
+                        row,
                     );
                 }
             },
