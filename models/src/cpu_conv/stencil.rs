@@ -24,7 +24,11 @@ pub fn row<const C: usize, const W: usize>(
         unsafe { row_fma::<C, W>(srcs, weights, bias, activation, (out, out_stride, width)) };
         return;
     }
-    row_with::<C, W, false>(srcs, weights, bias, activation, (out, out_stride, width));
+    walk::<W>(width, |x, n| match n {
+        1 => block::<C, 1, false>(srcs, weights, bias, activation, (out, out_stride), x),
+        8 => block::<C, 8, false>(srcs, weights, bias, activation, (out, out_stride), x),
+        _ => block::<C, W, false>(srcs, weights, bias, activation, (out, out_stride), x),
+    });
 }
 
 /// One filter's taps as the weights of a single-channel [`row`].
@@ -43,19 +47,11 @@ unsafe fn row_fma<const C: usize, const W: usize>(
     activation: Activation,
     (out, out_stride, width): (&mut [f32], usize, usize),
 ) {
-    let mut x = 0;
-    while x + W <= width {
-        avx::block::<C, W>(srcs, weights, bias, activation, (out, out_stride), x);
-        x += W;
-    }
-    while x + 8 <= width {
-        avx::block::<C, 8>(srcs, weights, bias, activation, (out, out_stride), x);
-        x += 8;
-    }
-    while x < width {
-        block::<C, 1, true>(srcs, weights, bias, activation, (out, out_stride), x);
-        x += 1;
-    }
+    walk::<W>(width, |x, n| match n {
+        1 => block::<C, 1, true>(srcs, weights, bias, activation, (out, out_stride), x),
+        8 => avx::block::<C, 8>(srcs, weights, bias, activation, (out, out_stride), x),
+        _ => avx::block::<C, W>(srcs, weights, bias, activation, (out, out_stride), x),
+    });
 }
 
 /// The register block written with AVX2 + FMA intrinsics (the compiler does not vectorise
@@ -116,27 +112,15 @@ mod avx {
     }
 }
 
-/// The portable row: blocks of `W` pixels, then 8, then single pixels.
+/// Walks a row of `width` pixels in blocks of `W`, then 8, then 1: `block(x, n)` for each.
 #[inline(always)]
-fn row_with<const C: usize, const W: usize, const FMA: bool>(
-    srcs: &[&[f32]],
-    weights: &[[f32; C]],
-    bias: [f32; C],
-    activation: Activation,
-    (out, out_stride, width): (&mut [f32], usize, usize),
-) {
+fn walk<const W: usize>(width: usize, mut block: impl FnMut(usize, usize)) {
     let mut x = 0;
-    while x + W <= width {
-        block::<C, W, FMA>(srcs, weights, bias, activation, (out, out_stride), x);
-        x += W;
-    }
-    while x + 8 <= width {
-        block::<C, 8, FMA>(srcs, weights, bias, activation, (out, out_stride), x);
-        x += 8;
-    }
-    while x < width {
-        block::<C, 1, FMA>(srcs, weights, bias, activation, (out, out_stride), x);
-        x += 1;
+    for n in [W, 8, 1] {
+        while x + n <= width {
+            block(x, n);
+            x += n;
+        }
     }
 }
 
