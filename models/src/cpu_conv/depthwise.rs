@@ -1,4 +1,4 @@
-//! Depthwise convolutions (one filter per channel): the direct [`stencil`] kernel over each
+//! Depthwise convolutions (one filter per channel): [`stencil::stream_row`] over each
 //! channel plane, zero-padded and phased once, with the bias and activation fused.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
