@@ -52,9 +52,77 @@ fn prefetch(v: &[f32]) {
     let _ = v;
 }
 
+/// Nodes inserted one at a time before [`Graph::extend`] switches to batches.
+const SEQUENTIAL_NODES: usize = 2048;
+/// Nodes per parallel batch of [`Graph::extend`].
+const BATCH: usize = 256;
+
+/// `f` over `items` on one scoped thread per worker state in `states` (each thread owns one),
+/// results in order.
+fn parallel_map<T: Sync, R: Send, S: Send>(
+    items: &[T],
+    states: &mut [S],
+    f: impl Fn(&mut S, &T) -> R + Sync,
+) -> Vec<R> {
+    let per = items.len().div_ceil(states.len().max(1)).max(1);
+    if per >= items.len() {
+        let state = &mut states[0];
+        return items.iter().map(|item| f(state, item)).collect();
+    }
+    std::thread::scope(|s| {
+        let f = &f;
+        let handles: Vec<_> = items
+            .chunks(per)
+            .zip(states.iter_mut())
+            .map(|(part, state)| {
+                s.spawn(move || part.iter().map(|item| f(state, item)).collect::<Vec<R>>())
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("an index build thread panicked"))
+            .collect()
+    })
+}
+
+/// Visit marks of one search at a time: `marks[node] == epoch` means visited.
+#[derive(Default)]
+struct Visited {
+    marks: Vec<u32>,
+    epoch: u32,
+}
+
+impl Visited {
+    /// Forgets every visit and makes room for `len` nodes.
+    fn reset(&mut self, len: usize) {
+        if self.marks.len() < len {
+            self.marks.resize(len, 0);
+        }
+        self.epoch = self.epoch.wrapping_add(1);
+        if self.epoch == 0 {
+            self.marks.iter_mut().for_each(|m| *m = 0);
+            self.epoch = 1;
+        }
+    }
+
+    /// Marks `node` visited; false when it already was.
+    #[inline]
+    fn visit(&mut self, node: u32) -> bool {
+        let m = &mut self.marks[node as usize];
+        let fresh = *m != self.epoch;
+        *m = self.epoch;
+        fresh
+    }
+
+    #[inline]
+    fn seen(&self, node: u32) -> bool {
+        self.marks[node as usize] == self.epoch
+    }
+}
+
 thread_local! {
-    /// Visit marks of the searches on this thread: `marks[node] == epoch` means visited.
-    static VISITED: RefCell<(Vec<u32>, u32)> = const { RefCell::new((Vec::new(), 0)) };
+    /// Visit marks of the searches on this thread.
+    static VISITED: RefCell<Visited> = RefCell::new(Visited::default());
 }
 
 /// The graph. Node ids are dense, in insertion order.
@@ -187,64 +255,51 @@ impl Graph {
         entry: &[(f32, u32)],
         ef: usize,
         layer: usize,
+        visited: &mut Visited,
     ) -> Vec<(f32, u32)> {
-        VISITED.with(|v| {
-            let (marks, epoch) = &mut *v.borrow_mut();
-            if marks.len() < self.len() {
-                marks.resize(self.len(), 0);
+        visited.reset(self.len());
+        let mut candidates: BinaryHeap<Reverse<(Dist, u32)>> = BinaryHeap::with_capacity(ef * 2);
+        let mut found: BinaryHeap<(Dist, u32)> = BinaryHeap::with_capacity(ef + 1);
+        for &(d, n) in entry {
+            if visited.visit(n) {
+                candidates.push(Reverse((Dist(d), n)));
+                found.push((Dist(d), n));
             }
-            *epoch = epoch.wrapping_add(1);
-            if *epoch == 0 {
-                marks.iter_mut().for_each(|m| *m = 0);
-                *epoch = 1;
+        }
+        while found.len() > ef {
+            found.pop();
+        }
+        while let Some(Reverse((Dist(d), c))) = candidates.pop() {
+            let worst = found.peek().map_or(f32::INFINITY, |w| w.0 .0);
+            if d > worst && found.len() >= ef {
+                break;
             }
-            let epoch = *epoch;
-            let mut candidates: BinaryHeap<Reverse<(Dist, u32)>> =
-                BinaryHeap::with_capacity(ef * 2);
-            let mut found: BinaryHeap<(Dist, u32)> = BinaryHeap::with_capacity(ef + 1);
-            for &(d, n) in entry {
-                if marks[n as usize] != epoch {
-                    marks[n as usize] = epoch;
-                    candidates.push(Reverse((Dist(d), n)));
-                    found.push((Dist(d), n));
+            let links = self.links(c, layer);
+            // Start loading every unvisited neighbour's vector before computing the first
+            // distance: at a million faces they live in RAM, not cache.
+            for &n in links {
+                if !visited.seen(n) {
+                    prefetch(self.vector(n));
                 }
             }
-            while found.len() > ef {
-                found.pop();
-            }
-            while let Some(Reverse((Dist(d), c))) = candidates.pop() {
+            for &n in links {
+                if !visited.visit(n) {
+                    continue;
+                }
+                let dn = self.distance(q, n);
                 let worst = found.peek().map_or(f32::INFINITY, |w| w.0 .0);
-                if d > worst && found.len() >= ef {
-                    break;
-                }
-                let links = self.links(c, layer);
-                // Start loading every unvisited neighbour's vector before computing the first
-                // distance: at a million faces they live in RAM, not cache.
-                for &n in links {
-                    if marks[n as usize] != epoch {
-                        prefetch(self.vector(n));
-                    }
-                }
-                for &n in links {
-                    if marks[n as usize] == epoch {
-                        continue;
-                    }
-                    marks[n as usize] = epoch;
-                    let dn = self.distance(q, n);
-                    let worst = found.peek().map_or(f32::INFINITY, |w| w.0 .0);
-                    if found.len() < ef || dn < worst {
-                        candidates.push(Reverse((Dist(dn), n)));
-                        found.push((Dist(dn), n));
-                        if found.len() > ef {
-                            found.pop();
-                        }
+                if found.len() < ef || dn < worst {
+                    candidates.push(Reverse((Dist(dn), n)));
+                    found.push((Dist(dn), n));
+                    if found.len() > ef {
+                        found.pop();
                     }
                 }
             }
-            let mut out: Vec<(f32, u32)> = found.into_iter().map(|(d, n)| (d.0, n)).collect();
-            out.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
-            out
-        })
+        }
+        let mut out: Vec<(f32, u32)> = found.into_iter().map(|(d, n)| (d.0, n)).collect();
+        out.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
+        out
     }
 
     /// The paper's heuristic with pruned connections kept: closest first, passing over a
@@ -271,8 +326,8 @@ impl Graph {
         chosen
     }
 
-    /// Adds `vector` as the next node and returns its id.
-    pub fn insert(&mut self, vector: &[f32]) -> u32 {
+    /// Appends `vector` as a node without links and returns its id and level.
+    fn push_node(&mut self, vector: &[f32]) -> (u32, usize) {
         if self.len() == 0 {
             self.dim = vector.len();
         }
@@ -282,52 +337,130 @@ impl Graph {
         self.links0.extend(std::iter::repeat_n(0, 2 * self.m));
         self.counts0.push(0);
         self.upper.push(vec![Vec::new(); level]);
-        let Some(entry) = self.entry else {
-            self.entry = Some(id);
-            self.top = level;
-            return id;
-        };
-        let q = self.vector(id).to_vec();
-        let mut best = (self.distance(&q, entry), entry);
-        for layer in (level + 1..=self.top).rev() {
-            best = self.greedy(&q, best, layer);
-        }
-        let mut entries = vec![best];
-        for layer in (0..=level.min(self.top)).rev() {
-            let found = self.search_layer(&q, &entries, self.ef_construction, layer);
-            let neighbours = self.select(&found, self.m);
-            self.set_links(id, layer, &neighbours);
-            for &n in &neighbours {
-                self.link(n, id, layer);
-            }
-            entries = found;
-        }
-        if level > self.top {
-            self.top = level;
-            self.entry = Some(id);
-        }
+        (id, level)
+    }
+
+    /// The level of node `i` (its highest layer).
+    fn level(&self, i: u32) -> usize {
+        self.upper[i as usize].len()
+    }
+
+    /// Adds `vector` as the next node and returns its id.
+    pub fn insert(&mut self, vector: &[f32]) -> u32 {
+        let id = self.len() as u32;
+        VISITED.with(|v| self.insert_batch(&[vector], std::slice::from_mut(&mut v.borrow_mut())));
         id
     }
 
-    /// Adds a link `from → to`, re-selecting `from`'s links when it has too many.
-    fn link(&mut self, from: u32, to: u32, layer: usize) {
+    /// `from`'s links on `layer` once `to` are added: all of them while they fit, else the
+    /// heuristic's choice among the current and new ones.
+    fn links_with(&self, from: u32, to: &[u32], layer: usize) -> Vec<u32> {
         let cap = self.capacity(layer);
-        let current = self.links(from, layer);
-        if current.len() < cap {
-            let mut l = current.to_vec();
-            l.push(to);
-            self.set_links(from, layer, &l);
-            return;
+        let mut all = self.links(from, layer).to_vec();
+        for &t in to {
+            if t != from && !all.contains(&t) {
+                all.push(t);
+            }
         }
-        let base = self.vector(from).to_vec();
-        let mut candidates: Vec<(f32, u32)> = current
-            .iter()
-            .chain(std::iter::once(&to))
-            .map(|&n| (self.distance(&base, n), n))
-            .collect();
+        if all.len() <= cap {
+            return all;
+        }
+        let base = self.vector(from);
+        let mut candidates: Vec<(f32, u32)> =
+            all.iter().map(|&n| (self.distance(base, n), n)).collect();
         candidates.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
-        let kept = self.select(&candidates, cap);
-        self.set_links(from, layer, &kept);
+        self.select(&candidates, cap)
+    }
+
+    /// Adds `vectors` as the next nodes, in order, on up to `threads` threads; the same
+    /// graph whatever `threads` is. Past the first [`SEQUENTIAL_NODES`] nodes they go in
+    /// batches of [`BATCH`]: each new node's neighbours are searched in parallel in the graph
+    /// as it was before the batch plus, exactly, among the batch itself, then all links are
+    /// written, the reverse links re-selected in parallel as well.
+    pub fn extend(&mut self, vectors: &[&[f32]], threads: usize) {
+        let mut visited: Vec<Visited> = (0..threads.max(1)).map(|_| Visited::default()).collect();
+        let mut rest = vectors;
+        while !rest.is_empty() {
+            let size = if self.len() < SEQUENTIAL_NODES {
+                1
+            } else {
+                BATCH
+            };
+            let (batch, tail) = rest.split_at(rest.len().min(size));
+            self.insert_batch(batch, &mut visited);
+            rest = tail;
+        }
+    }
+
+    /// Inserts `vectors` as one batch (see [`Graph::extend`]), one thread per visit list.
+    fn insert_batch(&mut self, vectors: &[&[f32]], visited: &mut [Visited]) {
+        let start = self.len() as u32;
+        for v in vectors {
+            self.push_node(v);
+        }
+        let batch: Vec<u32> = (start..self.len() as u32).collect();
+        let plans = parallel_map(&batch, visited, |v, &id| self.plan(id, &batch, v));
+        let mut reverse: Vec<(usize, u32, u32)> = Vec::new();
+        for (&id, layers) in batch.iter().zip(&plans) {
+            for (layer, neighbours) in layers.iter().enumerate() {
+                self.set_links(id, layer, neighbours);
+                reverse.extend(neighbours.iter().map(|&n| (layer, n, id)));
+            }
+        }
+        reverse.sort_unstable();
+        let groups: Vec<&[(usize, u32, u32)]> =
+            reverse.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)).collect();
+        let relinked = parallel_map(&groups, visited, |_, group| {
+            let (layer, from, _) = group[0];
+            let to: Vec<u32> = group.iter().map(|g| g.2).collect();
+            self.links_with(from, &to, layer)
+        });
+        for (group, links) in groups.iter().zip(relinked) {
+            let (layer, from, _) = group[0];
+            self.set_links(from, layer, &links);
+        }
+        if let Some(&high) = batch.iter().max_by_key(|&&id| self.level(id)) {
+            if self.entry.is_none() || self.level(high) > self.top {
+                self.top = self.level(high);
+                self.entry = Some(high);
+            }
+        }
+    }
+
+    /// Neighbours of the new node `id` on each of its layers, chosen among the graph as it
+    /// was before `batch` (searched as in [`Graph::insert`]) and the batch's other nodes.
+    fn plan(&self, id: u32, batch: &[u32], visited: &mut Visited) -> Vec<Vec<u32>> {
+        let level = self.level(id);
+        let q = self.vector(id);
+        let mut entries = Vec::new();
+        if let Some(entry) = self.entry {
+            let mut best = (self.distance(q, entry), entry);
+            for layer in (level + 1..=self.top).rev() {
+                best = self.greedy(q, best, layer);
+            }
+            entries.push(best);
+        }
+        let mut plan = vec![Vec::new(); level + 1];
+        for layer in (0..=level).rev() {
+            let found = if layer <= self.top && !entries.is_empty() {
+                self.search_layer(q, &entries, self.ef_construction, layer, visited)
+            } else {
+                Vec::new()
+            };
+            let mut candidates = found.clone();
+            candidates.extend(
+                batch
+                    .iter()
+                    .filter(|&&p| p != id && self.level(p) >= layer)
+                    .map(|&p| (self.distance(q, p), p)),
+            );
+            candidates.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
+            plan[layer] = self.select(&candidates, self.m);
+            if !found.is_empty() {
+                entries = found;
+            }
+        }
+        plan
     }
 
     /// The `ef` nodes closest to `q` (at least `ef` are examined), closest first, as
@@ -343,7 +476,7 @@ impl Graph {
         for layer in (1..=self.top).rev() {
             best = self.greedy(q, best, layer);
         }
-        self.search_layer(q, &[best], ef.max(1), 0)
+        VISITED.with(|v| self.search_layer(q, &[best], ef.max(1), 0, &mut v.borrow_mut()))
     }
 
     /// Writes the graph: parameters, vectors and links (read back by [`Graph::read`]).
@@ -418,5 +551,52 @@ impl Graph {
             return Err(bad("links"));
         }
         Ok(g)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::testdata::clustered;
+
+    fn built(threads: usize) -> (Graph, Vec<Vec<f32>>) {
+        let (gallery, queries) = clustered(1200, 3, 7);
+        let vectors: Vec<&[f32]> = gallery.iter().map(|(_, _, v)| v.as_slice()).collect();
+        let mut g = Graph::new(0, 16, 64, vectors.len());
+        g.extend(&vectors, threads);
+        (g, queries)
+    }
+
+    fn bytes(g: &Graph) -> Vec<u8> {
+        let mut out = Vec::new();
+        g.write(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn batched_extend_builds_the_same_graph_on_any_number_of_threads() {
+        let (one, _) = built(1);
+        let (three, _) = built(3);
+        assert!(one.len() > SEQUENTIAL_NODES + BATCH, "batches were used");
+        assert_eq!(bytes(&one), bytes(&three));
+    }
+
+    #[test]
+    fn batched_extend_links_every_node_and_finds_each_cluster() {
+        let (g, queries) = built(2);
+        for i in 0..g.len() as u32 {
+            assert!(!g.links(i, 0).is_empty(), "node {i} has no layer-0 links");
+        }
+        // Query u is a fresh sample of identity u, whose faces are nodes 3u..3u+3.
+        let hits = queries
+            .iter()
+            .enumerate()
+            .filter(|(u, q)| g.search(q, 32)[0].1 as usize / 3 == *u)
+            .count();
+        assert!(
+            hits as f32 >= 0.99 * queries.len() as f32,
+            "{hits} of {}",
+            queries.len()
+        );
     }
 }

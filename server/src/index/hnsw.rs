@@ -74,6 +74,11 @@ impl Inner {
             return;
         }
         let node = self.graph.insert(embedding);
+        self.register(node, face_id, user_id);
+    }
+
+    /// Records that graph node `node` (the next one) holds `face_id` of `user_id`.
+    fn register(&mut self, node: u32, face_id: i64, user_id: i64) {
         self.slots.push(Slot {
             face_id,
             user_id,
@@ -109,16 +114,34 @@ impl HnswIndex {
         }
     }
 
-    /// An index holding `entries` (inserted in order, on this thread).
+    /// An index holding `entries` (a face listed twice keeps its last embedding), its graph
+    /// built on every core.
     pub fn build(entries: &[StoredEmbedding], params: HnswParams) -> Self {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let idx = Self::with_capacity(params, entries.len());
+        let mut last: HashMap<i64, usize> = HashMap::with_capacity(entries.len());
+        for (i, e) in entries.iter().enumerate() {
+            last.insert(e.face_id, i);
+        }
+        let dim = entries.first().map_or(0, |e| e.embedding.len());
+        let kept: Vec<&StoredEmbedding> = entries
+            .iter()
+            .enumerate()
+            .filter(|(i, e)| last[&e.face_id] == *i && e.embedding.len() == dim)
+            .map(|(_, e)| e)
+            .collect();
+        if kept.len() < last.len() {
+            tracing::warn!(
+                ignored = last.len() - kept.len(),
+                "embeddings of the wrong dimension ignored"
+            );
+        }
         {
             let mut g = idx.inner.write().unwrap_or_else(|e| e.into_inner());
-            for e in entries {
-                if let Some(old) = g.by_face.get(&e.face_id).copied() {
-                    g.kill(old);
-                }
-                g.add(e.face_id, e.user_id, &e.embedding);
+            let vectors: Vec<&[f32]> = kept.iter().map(|e| e.embedding.as_slice()).collect();
+            g.graph.extend(&vectors, threads);
+            for (node, e) in kept.iter().enumerate() {
+                g.register(node as u32, e.face_id, e.user_id);
             }
         }
         idx
@@ -353,6 +376,23 @@ mod tests {
         assert!(entries
             .iter()
             .all(|e| e.user_id > 150 && e.embedding.len() == 128));
+    }
+
+    #[test]
+    fn build_keeps_the_last_embedding_of_a_face_listed_twice() {
+        let (gallery, _) = clustered(20, 1, 4);
+        let mut entries = embeddings(&gallery);
+        entries.push(StoredEmbedding {
+            face_id: 1,
+            user_id: 1,
+            embedding: gallery[7].2.clone(),
+        });
+        let hnsw = HnswIndex::build(&entries, HnswParams::default());
+        assert_eq!(hnsw.len(), 20);
+        assert_eq!(hnsw.garbage_ratio(), 0.0);
+        let best = hnsw.search(&gallery[7].2, 2);
+        assert!(best.iter().any(|h| h.face_id == 1 && h.similarity > 0.999));
+        assert!(hnsw.search(&gallery[0].2, 1)[0].similarity < 0.99);
     }
 
     #[test]
