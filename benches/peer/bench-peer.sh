@@ -4,7 +4,8 @@
 #
 # The peer is installed into a throwaway virtualenv from PyPI (`face_recognition==1.3.0`,
 # `dlib==20.0.1` compiled from source: ~12-15 minutes on 2 cores the first time; the venv is
-# reused afterwards). Needs the assets (scripts/fetch-assets.sh), Python 3, a C++ compiler.
+# reused afterwards) and compared with the release build of `rollcall` (built here, ~10 minutes
+# the first time). Needs the assets (scripts/fetch-assets.sh), Python 3, a C++ compiler.
 #   bash benches/peer/bench-peer.sh [DIR]      # default: the eval folder built from the assets
 #   PEER_VENV=/tmp/peer bash benches/peer/bench-peer.sh
 set -euo pipefail
@@ -37,8 +38,8 @@ if [ -z "$dir" ]; then
   cp "$assets"/face-api/demo/sample*.jpg "$dir/_unknown/"
 fi
 
-cargo build --quiet -p rollcall-server --bin rollcall
-bin=${CARGO_TARGET_DIR:-$root/target}/debug/rollcall
+cargo build --release --quiet -p rollcall-server --bin rollcall
+bin=${CARGO_TARGET_DIR:-$root/target}/release/rollcall
 export ROLLCALL_MODEL_DIR=${ROLLCALL_MODEL_DIR:-$assets/face-api}
 
 for detector in ssd tiny; do
