@@ -4,10 +4,10 @@
 //! The portable convolution path (any device) is below: a dense conv as one matmul over the
 //! stacked kernel taps, a depthwise conv as a sum of scaled taps.
 
-use candle_core::{Module, Tensor};
+use candle_core::{DType, Module, Tensor};
 
 pub use crate::cpu_conv::Activation;
-use crate::cpu_conv::{DenseConv, DepthwiseConv, Packed, PaddingFn, WithResidual};
+use crate::cpu_conv::{DenseConv, DepthwiseConv, MaxPool, Packed, PaddingFn, WithResidual};
 use crate::error::{ModelError, Result};
 use crate::tfjs::WeightMap;
 
@@ -391,6 +391,38 @@ pub fn add_channel_bias(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
 
 /// TF's `maxPool` with a square window; `same` padding pads with -inf, as TF does.
 pub fn max_pool(x: &Tensor, kernel: usize, stride: usize, padding: Padding) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        let (_, _, h, w) = x.dims4()?;
+        let ((top, _), (left, _), out) = match padding {
+            Padding::Same => (
+                same_padding(h, kernel, stride),
+                same_padding(w, kernel, stride),
+                (h.div_ceil(stride), w.div_ceil(stride)),
+            ),
+            Padding::Valid if h >= kernel && w >= kernel => (
+                (0, 0),
+                (0, 0),
+                ((h - kernel) / stride + 1, (w - kernel) / stride + 1),
+            ),
+            Padding::Valid => {
+                return Err(ModelError::InvalidInput(format!(
+                    "{h}x{w} is smaller than the {kernel}x{kernel} pooling window"
+                )))
+            }
+        };
+        let pool = MaxPool {
+            kernel,
+            stride,
+            top_left: (top, left),
+            out,
+        };
+        return Ok(x.contiguous()?.apply_op1_no_bwd(&pool)?);
+    }
+    candle_max_pool(x, kernel, stride, padding)
+}
+
+/// [`max_pool`] with Candle's own ops, for other devices (and the reference in tests).
+fn candle_max_pool(x: &Tensor, kernel: usize, stride: usize, padding: Padding) -> Result<Tensor> {
     let x = match padding {
         Padding::Valid => x.clone(),
         Padding::Same => {
@@ -596,6 +628,29 @@ mod tests {
             .with_activation(Activation::Relu);
         let diff = max_abs_diff(&folded.run(&x).unwrap(), &want);
         assert!(diff < 1e-4, "{diff}");
+    }
+
+    #[test]
+    fn cpu_max_pool_equals_candle_pooling() {
+        let dev = candle_core::Device::Cpu;
+        // (batch, channels, h, w, kernel, stride, padding): Tiny's 2/2 and 2/1 `same` pools
+        // on odd and even sizes, and the ResNet's 3/2 `valid` pool.
+        let shapes = [
+            (1, 16, 207, 207, 2, 2, Padding::Same),
+            (2, 3, 13, 13, 2, 1, Padding::Same),
+            (1, 5, 8, 11, 2, 2, Padding::Same),
+            (3, 4, 75, 75, 3, 2, Padding::Valid),
+            (1, 2, 10, 9, 3, 2, Padding::Same),
+        ];
+        for (n, c, h, w, k, s, padding) in shapes {
+            let x = Tensor::randn(0f32, 1.0, (n, c, h, w), &dev).unwrap();
+            let ours = max_pool(&x, k, s, padding).unwrap();
+            let reference = candle_max_pool(&x, k, s, padding).unwrap();
+            assert_eq!(ours.dims(), reference.dims(), "{h}x{w} k{k} s{s}");
+            assert_eq!(max_abs_diff(&ours, &reference), 0.0, "{h}x{w} k{k} s{s}");
+        }
+        let tiny = Tensor::zeros((1, 1, 2, 2), DType::F32, &dev).unwrap();
+        assert!(max_pool(&tiny, 3, 2, Padding::Valid).is_err());
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Rollcall server: face enrolment, recognition and attendance over an authenticated HTTP API.
 
+pub mod allocator;
 pub mod app;
 pub mod auth;
 pub mod cache;

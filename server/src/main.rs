@@ -95,6 +95,7 @@ enum AdminCommand {
 
 #[actix_web::main]
 async fn main() -> anyhow::Result<()> {
+    rollcall_server::allocator::keep_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -8,6 +8,7 @@
 //!   layers) run on the direct [`stencil`] kernel instead, where gemm's packing would dominate.
 //! - Depthwise convolutions ([`DepthwiseConv`]): the direct [`stencil`] kernel per channel
 //!   plane, with the bias and activation fused.
+//! - Max pooling ([`MaxPool`]): windows clipped at the borders, planes in parallel.
 //!
 //! Weights are packed once, when a layer is built. Both kernels use every Rayon thread: across
 //! images when the batch has at least as many images as threads, inside each image otherwise
@@ -15,10 +16,12 @@
 
 mod dense;
 mod depthwise;
+mod pool;
 mod stencil;
 
 pub use dense::{DenseConv, WithResidual};
 pub use depthwise::DepthwiseConv;
+pub use pool::MaxPool;
 
 use candle_core::{CpuStorage, Layout};
 
