@@ -20,6 +20,8 @@ fn weights(model: &str) -> WeightMap {
 }
 
 fn stages(c: &mut Criterion) {
+    // As `rollcall` runs (unless GLIBC_TUNABLES is set).
+    rollcall_server::allocator::keep_freed_memory();
     let frames: Vec<FloatImage> = (1..=6).map(|i| FloatImage::from_rgb(&frame(i))).collect();
     let ssd = SsdMobilenetV1::load(&weights(SsdMobilenetV1::MODEL)).unwrap();
     let tiny = TinyFaceDetector::load(&weights(TinyFaceDetector::MODEL)).unwrap();
