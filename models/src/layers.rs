@@ -641,6 +641,8 @@ mod tests {
             (1, 5, 8, 11, 2, 2, Padding::Same),
             (3, 4, 75, 75, 3, 2, Padding::Valid),
             (1, 2, 10, 9, 3, 2, Padding::Same),
+            (1, 2, 9, 7, 2, 2, Padding::Valid),
+            (2, 2, 6, 5, 2, 1, Padding::Valid),
         ];
         for (n, c, h, w, k, s, padding) in shapes {
             let x = Tensor::randn(0f32, 1.0, (n, c, h, w), &dev).unwrap();

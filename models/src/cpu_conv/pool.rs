@@ -22,20 +22,56 @@ pub struct MaxPool {
 }
 
 impl MaxPool {
-    /// Pools one `h × w` plane into `dst` (`out_h × out_w`).
+    /// Pools one `h × w` plane into `dst` (`out_h × out_w`): each output row is the
+    /// element-wise max of its window rows' horizontal maxima.
     fn plane(&self, src: &[f32], (h, w): (usize, usize), dst: &mut [f32]) {
-        let (k, s) = (self.kernel as isize, self.stride as isize);
-        let (top, left) = (self.top_left.0 as isize, self.top_left.1 as isize);
-        let ow = self.out.1;
-        for (oy, out) in dst.chunks_exact_mut(ow).enumerate() {
-            out.fill(f32::NEG_INFINITY);
-            let y0 = oy as isize * s - top;
-            for y in y0.max(0)..(y0 + k).min(h as isize) {
-                let row = &src[y as usize * w..][..w];
+        let (k, s, top) = (self.kernel, self.stride, self.top_left.0);
+        for (oy, out) in dst.chunks_exact_mut(self.out.1).enumerate() {
+            let y0 = (oy * s).saturating_sub(top);
+            let y1 = (oy * s + k - top).min(h);
+            for (i, row) in src[y0 * w..y1 * w].chunks_exact(w).enumerate() {
+                self.row(row, out, i == 0);
+            }
+        }
+    }
+
+    /// Horizontal window maxima of `row` into `out`: stored when `first`, else max-ed in.
+    /// `a > b` comparisons rather than `f32::max` (whose NaN rule costs a blend), and plain
+    /// pairs for the 2-wide windows of Tiny, so the loops vectorise.
+    fn row(&self, row: &[f32], out: &mut [f32], first: bool) {
+        let keep = |o: &mut f32, m: f32| {
+            if first || m > *o {
+                *o = m;
+            }
+        };
+        let max2 = |a: f32, b: f32| if b > a { b } else { a };
+        match (self.kernel, self.stride, self.top_left.1) {
+            (2, 2, 0) => {
+                let pairs = row.chunks_exact(2);
+                let tail = pairs.remainder().first().copied();
+                let n = pairs.len().min(out.len());
+                for (o, p) in out[..n].iter_mut().zip(pairs) {
+                    keep(o, max2(p[0], p[1]));
+                }
+                if let (Some(o), Some(v)) = (out.get_mut(n), tail) {
+                    keep(o, v);
+                }
+            }
+            (2, 1, 0) => {
+                let n = (row.len() - 1).min(out.len());
+                for (o, p) in out[..n].iter_mut().zip(row.windows(2)) {
+                    keep(o, max2(p[0], p[1]));
+                }
+                if let Some(o) = out.get_mut(n) {
+                    keep(o, row[row.len() - 1]);
+                }
+            }
+            (k, s, left) => {
                 for (ox, o) in out.iter_mut().enumerate() {
-                    let x0 = ox as isize * s - left;
-                    let window = &row[x0.max(0) as usize..(x0 + k).min(w as isize) as usize];
-                    *o = window.iter().fold(*o, |m, &v| m.max(v));
+                    let x0 = (ox * s).saturating_sub(left);
+                    let x1 = (ox * s + k - left).min(row.len());
+                    let window = &row[x0..x1];
+                    keep(o, window[1..].iter().fold(window[0], |m, &v| max2(m, v)));
                 }
             }
         }
