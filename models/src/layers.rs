@@ -178,6 +178,25 @@ impl Conv {
         Ok(self)
     }
 
+    /// A dense `valid` conv (as [`Self::load`]) whose input is first mapped per channel to
+    /// `x * scale + shift` (a network's normalisation), with the map folded into the filter and
+    /// bias: `W' = W * scale`, `b' = b + Σ W * shift`. Exact only without padding, where no
+    /// padded zero would see the shift.
+    pub fn load_with_input_affine(
+        w: &WeightMap,
+        (name, bias_name): (&str, &str),
+        (k, cin, cout): (usize, usize, usize),
+        (scale, shift): (&[f32], &[f32]),
+    ) -> Result<Self> {
+        let weight = w.conv_filter(name, k, k, cin, cout)?;
+        let bias = w.vector(bias_name, cout)?;
+        let per_channel = |v: &[f32]| Tensor::new(v, weight.device())?.reshape((1, cin, 1, 1));
+        let (scale, shift) = (per_channel(scale)?, per_channel(shift)?);
+        let bias = (bias + weight.broadcast_mul(&shift)?.sum((1, 2, 3))?)?;
+        let weight = weight.broadcast_mul(&scale)?;
+        Self::new(weight, Some(bias), 1, 1, Padding::Valid)
+    }
+
     /// The CPU kernel's packed weights, if this conv runs on the CPU kernels.
     fn packed_mut(&mut self) -> Option<&mut Packed> {
         match &mut self.imp {
@@ -501,6 +520,52 @@ mod tests {
             let diff = max_abs_diff(&got, &want);
             assert!(diff < 1e-4, "k {k} stride {stride}: {diff}");
         }
+    }
+
+    #[test]
+    fn input_affine_folds_into_a_valid_conv() {
+        let dev = candle_core::Device::Cpu;
+        let (scale, shift) = ([0.5f32, 2.0, -1.0], [-3.0f32, 0.25, 7.0]);
+        // TF.js layout `[k, k, cin, cout]`.
+        let filter = Tensor::randn(0f32, 1.0, (3, 3, 3, 4), &dev).unwrap();
+        let bias = Tensor::randn(0f32, 1.0, 4, &dev).unwrap();
+        let weights = WeightMap::from_tensors(
+            [
+                ("f".to_string(), filter.clone()),
+                ("b".to_string(), bias.clone()),
+            ]
+            .into(),
+        );
+        let folded = Conv::load_with_input_affine(
+            &weights,
+            ("f", "b"),
+            (3, 3, 4),
+            (scale.as_slice(), shift.as_slice()),
+        )
+        .unwrap()
+        .with_activation(Activation::Leaky(0.1));
+        let x = (Tensor::randn(0f32, 1.0, (2, 3, 11, 9), &dev).unwrap() * 10.0).unwrap();
+        let per_channel = |v: &[f32]| Tensor::new(v, &dev).unwrap().reshape((1, 3, 1, 1)).unwrap();
+        let mapped = x
+            .broadcast_mul(&per_channel(&scale))
+            .unwrap()
+            .broadcast_add(&per_channel(&shift))
+            .unwrap();
+        let w = filter.permute((3, 2, 0, 1)).unwrap().contiguous().unwrap();
+        let want = reference(
+            &mapped,
+            &w,
+            &bias,
+            1,
+            1,
+            Padding::Valid,
+            Activation::Leaky(0.1),
+            None,
+        );
+        let got = folded.run(&x).unwrap();
+        assert_eq!(got.dims(), &[2, 4, 9, 7]);
+        let diff = max_abs_diff(&got, &want);
+        assert!(diff < 1e-3, "{diff}");
     }
 
     /// Candle's own conv2d, bias, residual and activation: what the CPU kernels must equal.

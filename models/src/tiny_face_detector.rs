@@ -37,7 +37,7 @@ pub struct TinyFaceDetector {
     conv0: Conv,
     separable: Vec<SeparableConv>,
     conv8: Conv,
-    mean: Tensor,
+    device: Device,
 }
 
 impl TinyFaceDetector {
@@ -46,13 +46,13 @@ impl TinyFaceDetector {
 
     /// Maps the TF.js tensors `conv0`..`conv5`, `conv8` onto the network.
     pub fn load(weights: &WeightMap) -> Result<Self> {
-        let conv0 = Conv::load(
+        // `(x - mean) / 255` folded into the first conv (`valid`, so exact).
+        let shift = MEAN_RGB.map(|m| -m / 255.0);
+        let conv0 = Conv::load_with_input_affine(
             weights,
-            "conv0/filters",
-            Some("conv0/bias"),
+            ("conv0/filters", "conv0/bias"),
             (3, 3, 16),
-            1,
-            Padding::Valid,
+            (&[1.0 / 255.0; 3], &shift),
         )?
         .with_activation(LEAKY);
         let channels = [16, 32, 64, 128, 256, 512];
@@ -74,25 +74,23 @@ impl TinyFaceDetector {
             1,
             Padding::Valid,
         )?;
-        let device = weights.vector("conv0/bias", 16)?.device().clone();
         Ok(Self {
+            device: weights.vector("conv0/bias", 16)?.device().clone(),
             conv0,
             separable,
             conv8,
-            mean: Tensor::new(&MEAN_RGB, &device)?.reshape((1, 3, 1, 1))?,
         })
     }
 
     /// The device the weights live on.
     pub fn device(&self) -> &Device {
-        self.mean.device()
+        &self.device
     }
 
     /// x: `[n, 3, s, s]` raw pixels 0..255 (s a multiple of 32). Returns the raw head output
     /// `[n, 25, s/32, s/32]`; channel `5 * anchor + k` holds `x, y, w, h, score` logits.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = (x.broadcast_sub(&self.mean)? / 255.0)?;
-        let mut out = max_pool(&self.conv0.run(&x)?, 2, 2, Padding::Same)?;
+        let mut out = max_pool(&self.conv0.run(x)?, 2, 2, Padding::Same)?;
         let last = self.separable.len() - 1;
         for (i, conv) in self.separable.iter().enumerate() {
             // face-api pads by 1 and runs a `valid` conv: the same as TF `same` for 3x3, stride 1.

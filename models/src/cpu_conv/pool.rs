@@ -36,15 +36,21 @@ impl MaxPool {
     }
 
     /// Horizontal window maxima of `row` into `out`: stored when `first`, else max-ed in.
-    /// `a > b` comparisons rather than `f32::max` (whose NaN rule costs a blend), and plain
-    /// pairs for the 2-wide windows of Tiny, so the loops vectorise.
     fn row(&self, row: &[f32], out: &mut [f32], first: bool) {
-        let keep = |o: &mut f32, m: f32| {
-            if first || m > *o {
-                *o = m;
-            }
-        };
+        if first {
+            self.row_with::<true>(row, out);
+        } else {
+            self.row_with::<false>(row, out);
+        }
+    }
+
+    /// [`Self::row`] for one value of `first`. Every output is stored unconditionally from
+    /// `a > b` selects (not `f32::max`, whose NaN rule costs a blend, nor a store only where
+    /// the value grew, which does not vectorise), with plain pairs for Tiny's 2-wide windows.
+    #[inline(always)]
+    fn row_with<const FIRST: bool>(&self, row: &[f32], out: &mut [f32]) {
         let max2 = |a: f32, b: f32| if b > a { b } else { a };
+        let keep = |o: &mut f32, m: f32| *o = if FIRST { m } else { max2(*o, m) };
         match (self.kernel, self.stride, self.top_left.1) {
             (2, 2, 0) => {
                 let pairs = row.chunks_exact(2);
