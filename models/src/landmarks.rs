@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::detection::FaceBox;
 use crate::error::{ModelError, Result};
-use crate::layers::{Conv, Padding, SeparableConv};
+use crate::layers::{Activation, Conv, Padding, SeparableConv};
 use crate::preprocess::{to_batch_tensor, FloatImage};
 use crate::tfjs::WeightMap;
 
@@ -62,7 +62,9 @@ enum FirstConv {
 }
 
 /// face-api's `denseBlock4`: a stride-2 conv, then three separable convs each fed the ReLU
-/// of the sum of all previous outputs.
+/// of the sum of all previous outputs. Run as running sums `s2 = out1 + out2`,
+/// `s3 = s2 + out3`, `relu(s3 + out4)`: each conv adds its input as a fused residual and reads
+/// it through a fused ReLU, so the block runs no separate element-wise op.
 #[derive(Debug, Clone)]
 struct DenseBlock {
     conv0: FirstConv,
@@ -72,27 +74,31 @@ struct DenseBlock {
 impl DenseBlock {
     fn load(w: &WeightMap, prefix: &str, cin: usize, cout: usize, first: bool) -> Result<Self> {
         let conv0 = if first {
-            FirstConv::Plain(Conv::load(
-                w,
-                &format!("{prefix}/conv0/filters"),
-                Some(&format!("{prefix}/conv0/bias")),
-                (3, cin, cout),
-                2,
-                Padding::Same,
-            )?)
+            FirstConv::Plain(
+                Conv::load(
+                    w,
+                    &format!("{prefix}/conv0/filters"),
+                    Some(&format!("{prefix}/conv0/bias")),
+                    (3, cin, cout),
+                    2,
+                    Padding::Same,
+                )?
+                .with_activation(Activation::Relu),
+            )
         } else {
-            FirstConv::Separable(SeparableConv::load(
-                w,
-                &format!("{prefix}/conv0"),
-                cin,
-                cout,
-                2,
-            )?)
+            FirstConv::Separable(
+                SeparableConv::load(w, &format!("{prefix}/conv0"), cin, cout, 2)?
+                    .with_activation(Activation::Relu),
+            )
         };
         let sep = |i: usize| SeparableConv::load(w, &format!("{prefix}/conv{i}"), cout, cout, 1);
         Ok(Self {
             conv0,
-            convs: [sep(1)?, sep(2)?, sep(3)?],
+            convs: [
+                sep(1)?,
+                sep(2)?.with_input_relu(),
+                sep(3)?.with_input_relu().with_activation(Activation::Relu),
+            ],
         })
     }
 
@@ -100,12 +106,10 @@ impl DenseBlock {
         let out1 = match &self.conv0 {
             FirstConv::Plain(c) => c.run(x)?,
             FirstConv::Separable(c) => c.run(x)?,
-        }
-        .relu()?;
-        let out2 = self.convs[0].run(&out1)?;
-        let out3 = self.convs[1].run(&(&out1 + &out2)?.relu()?)?;
-        let out4 = self.convs[2].run(&(&out1 + (&out2 + &out3)?)?.relu()?)?;
-        Ok((&out1 + (&out2 + (&out3 + &out4)?)?)?.relu()?)
+        };
+        let s2 = self.convs[0].run_add(&out1, &out1)?;
+        let s3 = self.convs[1].run_add(&s2, &s2)?;
+        self.convs[2].run_add(&s3, &s3)
     }
 }
 

@@ -79,6 +79,8 @@ pub struct Conv {
     stride: usize,
     padding: Padding,
     activation: Activation,
+    /// Whether the input goes through a ReLU first (fused into the depthwise kernel).
+    input_relu: bool,
 }
 
 impl Conv {
@@ -150,6 +152,7 @@ impl Conv {
             stride,
             padding,
             activation: Activation::Identity,
+            input_relu: false,
         })
     }
 
@@ -158,6 +161,16 @@ impl Conv {
         self.activation = activation;
         if let Some(packed) = self.packed_mut() {
             packed.activation = activation;
+        }
+        self
+    }
+
+    /// The same conv applied to `relu(x)`: fused into the depthwise kernel, which reads its
+    /// input through the ReLU; a separate op elsewhere.
+    pub fn with_input_relu(mut self) -> Self {
+        self.input_relu = true;
+        if let ConvImpl::Depthwise(k) = &mut self.imp {
+            k.input_relu = true;
         }
         self
     }
@@ -217,6 +230,13 @@ impl Conv {
     }
 
     fn run_with(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
+        let relued;
+        let x = if self.input_relu && !matches!(self.imp, ConvImpl::Depthwise(_)) {
+            relued = x.relu()?;
+            &relued
+        } else {
+            x
+        };
         match (&self.imp, residual) {
             (ConvImpl::Dense(k), None) => Ok(x.contiguous()?.apply_op1_no_bwd(k)?),
             (ConvImpl::Dense(k), Some(r)) => Ok(x
@@ -324,9 +344,21 @@ impl SeparableConv {
         self
     }
 
+    /// The same block applied to `relu(x)` (the ReLU fused into the depthwise kernel).
+    pub fn with_input_relu(mut self) -> Self {
+        self.depthwise = self.depthwise.with_input_relu();
+        self
+    }
+
     /// Forward pass returning a [`Result`] with the crate's error type.
     pub fn run(&self, x: &Tensor) -> Result<Tensor> {
         self.pointwise.run(&self.depthwise.run(x)?)
+    }
+
+    /// `activation(pointwise(depthwise(x)) + bias + residual)`: a residual connection fused
+    /// into the pointwise conv.
+    pub fn run_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        self.pointwise.run_add(&self.depthwise.run(x)?, residual)
     }
 }
 
@@ -566,6 +598,32 @@ mod tests {
         assert_eq!(got.dims(), &[2, 4, 9, 7]);
         let diff = max_abs_diff(&got, &want);
         assert!(diff < 1e-3, "{diff}");
+    }
+
+    #[test]
+    fn input_relu_equals_a_relu_before_the_conv() {
+        let dev = candle_core::Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (2, 6, 13, 10), &dev).unwrap();
+        let b = Tensor::randn(0f32, 1.0, 6, &dev).unwrap();
+        // Depthwise (fused into the kernel, strides 1 and 2) and dense (a separate op).
+        for (groups, stride) in [(6, 1), (6, 2), (1, 1)] {
+            let w = Tensor::randn(0f32, 1.0, (6, 6 / groups, 3, 3), &dev).unwrap();
+            let conv = Conv::new(w.clone(), Some(b.clone()), stride, groups, Padding::Same)
+                .unwrap()
+                .with_input_relu();
+            let want = reference(
+                &x.relu().unwrap(),
+                &w,
+                &b,
+                stride,
+                groups,
+                Padding::Same,
+                Activation::Identity,
+                None,
+            );
+            let diff = max_abs_diff(&conv.run(&x).unwrap(), &want);
+            assert!(diff < 1e-4, "groups {groups} stride {stride}: {diff}");
+        }
     }
 
     /// Candle's own conv2d, bias, residual and activation: what the CPU kernels must equal.

@@ -173,7 +173,7 @@ impl DenseConv {
         let (oh, ow) = image.output;
         let mut padded = PaddedPlanes::new(self.cin, (h, w), image.geo);
         for (c, plane) in image.x.chunks(h * w).enumerate() {
-            padded.fill(c, plane);
+            padded.fill(c, plane, false);
         }
         let (plane, taps) = (oh * ow, self.cin * self.packed.kernel * self.packed.kernel);
         // The residual has to be added before the activation, after the kernel.

@@ -6,12 +6,15 @@ use rayon::prelude::*;
 
 use super::{input, nchw, stencil, Packed, PaddedPlanes, PaddingFn};
 
-/// A depthwise convolution (one filter per channel) with bias and activation.
+/// A depthwise convolution (one filter per channel) with bias and activation, optionally
+/// reading its input through a ReLU.
 #[derive(Debug, Clone)]
 pub struct DepthwiseConv {
     /// Filter rows of `k * k`.
     packed: Packed,
     channels: usize,
+    /// Whether the input goes through a ReLU on its way into the padded planes.
+    pub input_relu: bool,
 }
 
 impl DepthwiseConv {
@@ -27,6 +30,7 @@ impl DepthwiseConv {
         Self {
             packed: Packed::new(weight, bias, channels, kernel, stride, padding),
             channels,
+            input_relu: false,
         }
     }
 
@@ -44,7 +48,7 @@ impl DepthwiseConv {
             || PaddedPlanes::new(1, (h, w), geo),
             |padded, (plane, dst)| {
                 let c = plane % self.channels;
-                padded.fill(0, &x[plane * h * w..(plane + 1) * h * w]);
+                padded.fill(0, &x[plane * h * w..(plane + 1) * h * w], self.input_relu);
                 let mut srcs = Vec::with_capacity(taps);
                 for (oy, row) in dst.chunks_mut(ow).enumerate() {
                     padded.tap_rows(0..1, oy, &mut srcs);

@@ -236,16 +236,20 @@ impl PaddedPlanes {
         }
     }
 
-    /// Copies plane `index` (`rows` of the input's width) into place. Padding samples are
-    /// never written, so they stay zero when the planes are refilled.
-    fn fill(&mut self, index: usize, rows: &[f32]) {
+    /// Copies plane `index` (`rows` of the input's width) into place, through a ReLU when
+    /// `relu`. Padding samples are never written, so they stay zero when the planes are
+    /// refilled (and a ReLU leaves them zero).
+    fn fill(&mut self, index: usize, rows: &[f32], relu: bool) {
         let (top, _, left, right) = self.geo.pad;
         let (pw, plane) = (self.phased.width, self.height * self.phased.width);
         let w = pw - left - right;
         let dst = &mut self.data[index * plane..(index + 1) * plane];
         for (y, row) in rows.chunks(w).enumerate() {
-            self.phased
-                .write(row, left, &mut dst[(y + top) * pw..(y + top + 1) * pw]);
+            let dst = &mut dst[(y + top) * pw..(y + top + 1) * pw];
+            self.phased.write(row, left, dst);
+            if relu {
+                Activation::Relu.apply(dst);
+            }
         }
     }
 
