@@ -1,5 +1,6 @@
 //! Depthwise convolutions (one filter per channel): [`stencil::stream_row`] over each
-//! channel plane, zero-padded and phased once, with the bias and activation fused.
+//! channel plane, zero-padded and phased once, with the bias and activation fused. At stride 1
+//! the whole plane is one long row (a single pass per tap); strided planes go row by row.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
 use rayon::prelude::*;
@@ -45,20 +46,31 @@ impl DepthwiseConv {
         let taps = geo.kernel * geo.kernel;
         let mut out = vec![0f32; n * self.channels * oh * ow];
         out.par_chunks_mut(oh * ow).enumerate().for_each_init(
-            || PaddedPlanes::new(1, (h, w), geo),
-            |padded, (plane, dst)| {
+            || (PaddedPlanes::new(1, (h, w), geo), Vec::new()),
+            |(padded, scratch), (plane, dst)| {
                 let c = plane % self.channels;
+                let (weight, bias) = (
+                    &self.packed.weight[c * taps..(c + 1) * taps],
+                    self.packed.bias[c],
+                );
                 padded.fill(0, &x[plane * h * w..(plane + 1) * h * w], self.input_relu);
                 let mut srcs = Vec::with_capacity(taps);
-                for (oy, row) in dst.chunks_mut(ow).enumerate() {
-                    padded.tap_rows(0..1, oy, &mut srcs);
-                    stencil::stream_row(
-                        &srcs,
-                        &self.packed.weight[c * taps..(c + 1) * taps],
-                        self.packed.bias[c],
-                        self.packed.activation,
-                        row,
-                    );
+                if geo.stride == 1 {
+                    // The plane as one long row: one pass per tap, each output row computed
+                    // over the padded width, then the samples past `ow` dropped.
+                    let pw = padded.padded_width();
+                    let len = (oh - 1) * pw + ow;
+                    scratch.resize(len, 0.0);
+                    padded.plane_taps(0, &mut srcs);
+                    stencil::stream_row(&srcs, weight, bias, self.packed.activation, scratch);
+                    for (row, src) in dst.chunks_mut(ow).zip(scratch.chunks(pw)) {
+                        row.copy_from_slice(&src[..ow]);
+                    }
+                } else {
+                    for (oy, row) in dst.chunks_mut(ow).enumerate() {
+                        padded.tap_rows(0..1, oy, &mut srcs);
+                        stencil::stream_row(&srcs, weight, bias, self.packed.activation, row);
+                    }
                 }
             },
         );

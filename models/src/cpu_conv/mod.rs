@@ -253,6 +253,24 @@ impl PaddedPlanes {
         }
     }
 
+    /// The taps of a whole stride-1 plane read as one long row: for each `(ky, kx)`, the
+    /// slice starting at the sample that multiplies into output `(0, 0)`. Output `(oy, ox)`
+    /// sits at `oy * padded_width + ox` of that row.
+    fn plane_taps<'a>(&'a self, index: usize, srcs: &mut Vec<&'a [f32]>) {
+        debug_assert_eq!(self.geo.stride, 1);
+        let (k, pw) = (self.geo.kernel, self.phased.width);
+        let plane = &self.data[index * self.height * pw..(index + 1) * self.height * pw];
+        srcs.clear();
+        for ky in 0..k {
+            srcs.extend((0..k).map(|kx| &plane[ky * pw + kx..]));
+        }
+    }
+
+    /// Width of a padded row.
+    fn padded_width(&self) -> usize {
+        self.phased.width
+    }
+
     /// The source rows of output row `oy` for the planes `planes`: for each plane, each
     /// `(ky, kx)` tap, the slice starting at the sample that tap multiplies into output
     /// column 0 (its next samples feed the next columns).
