@@ -1,11 +1,14 @@
 //! Depthwise convolutions (one filter per channel): [`stencil::stream_row`] over each
 //! channel plane, zero-padded and phased once, with the bias and activation fused. At stride 1
-//! the whole plane is one long row (a single pass per tap); strided planes go row by row.
+//! bands of rows are one long row each (a single pass per tap); strided planes go row by row.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
 use rayon::prelude::*;
 
 use super::{input, nchw, stencil, Packed, PaddedPlanes, PaddingFn};
+
+/// Samples of a stride-1 band: the output stays in L1 across the taps' passes.
+const BAND_SAMPLES: usize = 4096;
 
 /// A depthwise convolution (one filter per channel) with bias and activation, optionally
 /// reading its input through a ReLU.
@@ -56,15 +59,19 @@ impl DepthwiseConv {
                 padded.fill(0, &x[plane * h * w..(plane + 1) * h * w], self.input_relu);
                 let mut srcs = Vec::with_capacity(taps);
                 if geo.stride == 1 {
-                    // The plane as one long row: one pass per tap, each output row computed
-                    // over the padded width, then the samples past `ow` dropped.
+                    // Bands of rows as one long row each: one pass per tap over the band
+                    // (small enough to stay in L1), each output row computed over the padded
+                    // width, then the samples past `ow` dropped.
                     let pw = padded.padded_width();
-                    let len = (oh - 1) * pw + ow;
-                    scratch.resize(len, 0.0);
-                    padded.plane_taps(0, &mut srcs);
-                    stencil::stream_row(&srcs, weight, bias, self.packed.activation, scratch);
-                    for (row, src) in dst.chunks_mut(ow).zip(scratch.chunks(pw)) {
-                        row.copy_from_slice(&src[..ow]);
+                    let band = (BAND_SAMPLES / pw).max(1);
+                    for (b, dst) in dst.chunks_mut(band * ow).enumerate() {
+                        let rows = dst.len() / ow;
+                        scratch.resize((rows - 1) * pw + ow, 0.0);
+                        padded.plane_taps(0, b * band, &mut srcs);
+                        stencil::stream_row(&srcs, weight, bias, self.packed.activation, scratch);
+                        for (row, src) in dst.chunks_mut(ow).zip(scratch.chunks(pw)) {
+                            row.copy_from_slice(&src[..ow]);
+                        }
                     }
                 } else {
                     for (oy, row) in dst.chunks_mut(ow).enumerate() {

@@ -253,16 +253,16 @@ impl PaddedPlanes {
         }
     }
 
-    /// The taps of a whole stride-1 plane read as one long row: for each `(ky, kx)`, the
-    /// slice starting at the sample that multiplies into output `(0, 0)`. Output `(oy, ox)`
-    /// sits at `oy * padded_width + ox` of that row.
-    fn plane_taps<'a>(&'a self, index: usize, srcs: &mut Vec<&'a [f32]>) {
+    /// The taps of a stride-1 plane from output row `oy` on, read as one long row: for each
+    /// `(ky, kx)`, the slice starting at the sample that multiplies into output `(oy, 0)`.
+    /// Output `(oy + r, ox)` sits at `r * padded_width + ox` of that row.
+    fn plane_taps<'a>(&'a self, index: usize, oy: usize, srcs: &mut Vec<&'a [f32]>) {
         debug_assert_eq!(self.geo.stride, 1);
         let (k, pw) = (self.geo.kernel, self.phased.width);
         let plane = &self.data[index * self.height * pw..(index + 1) * self.height * pw];
         srcs.clear();
         for ky in 0..k {
-            srcs.extend((0..k).map(|kx| &plane[ky * pw + kx..]));
+            srcs.extend((0..k).map(|kx| &plane[(oy + ky) * pw + kx..]));
         }
     }
 
