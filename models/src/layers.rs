@@ -707,6 +707,9 @@ mod tests {
             // Rows wider than the kernel's widest block, with leftovers.
             (1, 3, 37, 70, 3, 1, Padding::Same),
             (2, 4, 35, 81, 3, 2, Padding::Same),
+            // Stride-1 planes of several row bands, the last one partial.
+            (1, 2, 150, 61, 3, 1, Padding::Same),
+            (2, 2, 150, 61, 3, 1, Padding::Valid),
         ];
         for (i, &(n, c, h, w, k, stride, padding)) in depthwise.iter().enumerate() {
             let x = Tensor::randn(0f32, 1.0, (n, c, h, w), &dev).unwrap();
