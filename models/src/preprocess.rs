@@ -88,28 +88,34 @@ impl FloatImage {
         }
         let sy = self.height as f32 / out_h as f32;
         let sx = self.width as f32 / out_w as f32;
+        // Per output column: where its left and right source pixels start in a row, and the
+        // weight of the right one.
         let cols: Vec<(usize, usize, f32)> = (0..out_w)
             .map(|c| {
                 let f = sx * c as f32;
                 let lo = f.floor() as usize;
-                (lo, (f.ceil() as usize).min(self.width - 1), f - lo as f32)
+                let hi = (f.ceil() as usize).min(self.width - 1);
+                (lo * 3, hi * 3, f - lo as f32)
             })
             .collect();
+        let row_len = self.width * 3;
+        let source_row = |y: usize| &self.data[y * row_len..(y + 1) * row_len];
         let mut out = Self::zeros(out_w, out_h);
-        for r in 0..out_h {
+        for (r, dst) in out.data.chunks_exact_mut(out_w * 3).enumerate() {
             let f = sy * r as f32;
             let top = f.floor() as usize;
-            let bottom = (f.ceil() as usize).min(self.height - 1);
             let rf = f - top as f32;
-            for (c, &(left, right, cf)) in cols.iter().enumerate() {
+            let (top, bottom) = (
+                source_row(top),
+                source_row((f.ceil() as usize).min(self.height - 1)),
+            );
+            for (px, &(left, right, cf)) in dst.chunks_exact_mut(3).zip(&cols) {
+                let (tl, tr) = (&top[left..left + 3], &top[right..right + 3]);
+                let (bl, br) = (&bottom[left..left + 3], &bottom[right..right + 3]);
                 for ch in 0..3 {
-                    let tl = self.at(left, top, ch);
-                    let tr = self.at(right, top, ch);
-                    let bl = self.at(left, bottom, ch);
-                    let br = self.at(right, bottom, ch);
-                    let t = tl + (tr - tl) * cf;
-                    let b = bl + (br - bl) * cf;
-                    out.data[(r * out_w + c) * 3 + ch] = t + (b - t) * rf;
+                    let t = tl[ch] + (tr[ch] - tl[ch]) * cf;
+                    let b = bl[ch] + (br[ch] - bl[ch]) * cf;
+                    px[ch] = t + (b - t) * rf;
                 }
             }
         }
