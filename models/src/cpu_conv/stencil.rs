@@ -3,8 +3,8 @@
 //! rows. [`row`] accumulates in registers for `C` output channels × `W` pixels at a time and
 //! stores once; [`stream_row`] makes one pass over a single channel's row per tap.
 //!
-//! On x86-64 the kernel is compiled a second time for AVX2 + FMA and that build is picked at
-//! run time when the CPU has them; elsewhere the baseline build runs.
+//! On x86-64 [`row`] also has AVX-512 and AVX2 + FMA builds, and [`stream_row`] an AVX2 + FMA
+//! build; the widest the CPU has is picked at run time. Elsewhere the baseline build runs.
 
 use super::Activation;
 
@@ -18,6 +18,12 @@ pub fn row<const C: usize, const W: usize>(
     activation: Activation,
     (out, out_stride, width): (&mut [f32], usize, usize),
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has the feature `avx512::row` is compiled for.
+        unsafe { avx512::row::<C>(srcs, weights, bias, activation, (out, out_stride, width)) };
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU has the features `row_fma` is compiled for.
@@ -112,6 +118,98 @@ mod avx {
     }
 }
 
+/// [`row`] with AVX-512: blocks of 32 pixels in two registers per channel, then 16 at a
+/// time with the last block masked, so no pixel takes a scalar path.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::Activation;
+
+    /// [`super::row`] for CPUs with AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn row<const C: usize>(
+        srcs: &[&[f32]],
+        weights: &[[f32; C]],
+        bias: [f32; C],
+        activation: Activation,
+        (out, out_stride, width): (&mut [f32], usize, usize),
+    ) {
+        let mut x = 0;
+        while x + 32 <= width {
+            block::<C, 2>(srcs, weights, bias, activation, (out, out_stride), x, 16);
+            x += 32;
+        }
+        while x < width {
+            let n = (width - x).min(16);
+            block::<C, 1>(srcs, weights, bias, activation, (out, out_stride), x, n);
+            x += n;
+        }
+    }
+
+    /// `C × (16 · (V - 1) + last)` outputs from pixel `x`: `V` registers per channel, the last
+    /// one holding `last` (1..=16) pixels.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn block<const C: usize, const V: usize>(
+        srcs: &[&[f32]],
+        weights: &[[f32; C]],
+        bias: [f32; C],
+        activation: Activation,
+        (out, out_stride): (&mut [f32], usize),
+        x: usize,
+        last: usize,
+    ) {
+        let n = 16 * (V - 1) + last;
+        let mask = |v: usize| -> __mmask16 {
+            if v + 1 < V {
+                !0
+            } else {
+                ((1u32 << last) - 1) as __mmask16
+            }
+        };
+        let mut acc: [[__m512; V]; C] = bias.map(|b| [_mm512_set1_ps(b); V]);
+        for (src, w) in srcs.iter().zip(weights) {
+            let s = &src[x..x + n];
+            // SAFETY: `s` holds `n` samples; masked-off lanes are not read.
+            let vals: [__m512; V] = std::array::from_fn(|v| unsafe {
+                _mm512_maskz_loadu_ps(mask(v), s.as_ptr().add(16 * v))
+            });
+            for (acc, &w) in acc.iter_mut().zip(w) {
+                let w = _mm512_set1_ps(w);
+                for (a, &val) in acc.iter_mut().zip(&vals) {
+                    *a = _mm512_fmadd_ps(w, val, *a);
+                }
+            }
+        }
+        for (c, acc) in acc.iter().enumerate() {
+            let dst = &mut out[c * out_stride + x..][..n];
+            for (v, &a) in acc.iter().enumerate() {
+                // SAFETY: `dst` holds `n` samples; masked-off lanes are not written.
+                unsafe {
+                    _mm512_mask_storeu_ps(
+                        dst.as_mut_ptr().add(16 * v),
+                        mask(v),
+                        activate(a, activation),
+                    )
+                };
+            }
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn activate(a: __m512, activation: Activation) -> __m512 {
+        let zero = _mm512_setzero_ps();
+        match activation {
+            Activation::Identity => a,
+            Activation::Relu => _mm512_max_ps(a, zero),
+            Activation::Relu6 => _mm512_min_ps(_mm512_max_ps(a, zero), _mm512_set1_ps(6.0)),
+            Activation::Leaky(slope) => _mm512_max_ps(a, _mm512_mul_ps(a, _mm512_set1_ps(slope))),
+        }
+    }
+}
+
 /// Walks a row of `width` pixels in blocks of `W`, then 8, then 1: `block(x, n)` for each.
 #[inline(always)]
 fn walk<const W: usize>(width: usize, mut block: impl FnMut(usize, usize)) {
@@ -201,4 +299,88 @@ fn stream_row_with<const FMA: bool>(
         }
     }
     activation.apply(out);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The portable build of [`row`], whatever the CPU has.
+    fn portable_row<const C: usize>(
+        srcs: &[&[f32]],
+        weights: &[[f32; C]],
+        bias: [f32; C],
+        activation: Activation,
+        (out, out_stride, width): (&mut [f32], usize, usize),
+    ) {
+        walk::<16>(width, |x, n| match n {
+            1 => block::<C, 1, false>(srcs, weights, bias, activation, (out, out_stride), x),
+            8 => block::<C, 8, false>(srcs, weights, bias, activation, (out, out_stride), x),
+            _ => block::<C, 16, false>(srcs, weights, bias, activation, (out, out_stride), x),
+        });
+    }
+
+    /// Every SIMD build of [`row`] this CPU can run equals the portable one, on widths that
+    /// leave every kind of tail (the dispatch itself picks only the widest build).
+    #[test]
+    fn every_row_build_equals_the_portable_build() {
+        let taps = 27;
+        let src: Vec<Vec<f32>> = (0..taps)
+            .map(|t| {
+                (0..80)
+                    .map(|i| ((i * 7 + t * 13) % 17) as f32 - 8.0)
+                    .collect()
+            })
+            .collect();
+        let srcs: Vec<&[f32]> = src.iter().map(|r| r.as_slice()).collect();
+        let weights: Vec<[f32; 4]> = (0..taps)
+            .map(|t| std::array::from_fn(|c| ((t * 5 + c * 3) % 11) as f32 * 0.25 - 1.0))
+            .collect();
+        let bias = [0.5, -1.0, 2.0, 0.0];
+        type Row = fn(&[&[f32]], &[[f32; 4]], [f32; 4], Activation, (&mut [f32], usize, usize));
+        let mut builds: Vec<(&str, Row)> = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                // SAFETY: the CPU has AVX2 and FMA.
+                builds.push(("avx2", |s, w, b, a, o| unsafe {
+                    row_fma::<4, 16>(s, w, b, a, o)
+                }));
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512F.
+                builds.push(("avx512", |s, w, b, a, o| unsafe {
+                    avx512::row::<4>(s, w, b, a, o)
+                }));
+            }
+        }
+        for width in [1, 7, 8, 15, 16, 17, 31, 32, 33, 47, 64, 79] {
+            let mut want = vec![0f32; 4 * width];
+            portable_row(
+                &srcs,
+                &weights,
+                bias,
+                Activation::Leaky(0.1),
+                (&mut want, width, width),
+            );
+            for (name, build) in &builds {
+                let mut got = vec![f32::NAN; 4 * width];
+                build(
+                    &srcs,
+                    &weights,
+                    bias,
+                    Activation::Leaky(0.1),
+                    (&mut got, width, width),
+                );
+                for (g, w) in got.iter().zip(&want) {
+                    assert!(
+                        (g - w).abs() <= 1e-3 * w.abs().max(1.0),
+                        "{name} width {width}"
+                    );
+                }
+            }
+        }
+    }
 }
