@@ -189,6 +189,10 @@ impl Phased {
             dst[left..left + src.len()].copy_from_slice(src);
             return;
         }
+        if self.stride == 2 {
+            self.write_pairs(src, left, dst);
+            return;
+        }
         let s = self.stride;
         for phase in 0..s.min(self.width) {
             // The first sample at or after `left` in this phase.
@@ -203,6 +207,33 @@ impl Phased {
             {
                 *o = *v;
             }
+        }
+    }
+
+    /// [`Self::write`] for stride 2: the row split into even and odd samples pair by pair,
+    /// a loop that vectorises (the strided walk of the general case does not).
+    fn write_pairs(&self, mut src: &[f32], mut left: usize, dst: &mut [f32]) {
+        let (even, odd) = dst.split_at_mut(self.width.div_ceil(2));
+        if left % 2 == 1 {
+            if let Some((&v, rest)) = src.split_first() {
+                odd[left / 2] = v;
+                src = rest;
+                left += 1;
+            }
+        }
+        let base = left / 2;
+        let pairs = src.chunks_exact(2);
+        let tail = pairs.remainder().first().copied();
+        let n = pairs.len();
+        for ((e, o), pair) in even[base..base + n]
+            .iter_mut()
+            .zip(&mut odd[base..base + n])
+            .zip(pairs)
+        {
+            (*e, *o) = (pair[0], pair[1]);
+        }
+        if let Some(v) = tail {
+            even[base + n] = v;
         }
     }
 }
@@ -298,8 +329,16 @@ mod tests {
 
     #[test]
     fn phased_rows_hold_every_sample_once_in_phase_order() {
-        for (stride, width, left, len) in [(1, 7, 2, 4), (2, 9, 1, 7), (2, 8, 0, 8), (3, 10, 2, 5)]
-        {
+        for (stride, width, left, len) in [
+            (1, 7, 2, 4),
+            (2, 9, 1, 7),
+            (2, 8, 0, 8),
+            (2, 10, 2, 5),
+            (2, 11, 1, 8),
+            (2, 12, 1, 10),
+            (2, 1, 0, 1),
+            (3, 10, 2, 5),
+        ] {
             let phased = Phased { stride, width };
             let src: Vec<f32> = (1..=len).map(|v| v as f32).collect();
             let mut dst = vec![0f32; width];
