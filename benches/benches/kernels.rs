@@ -5,7 +5,7 @@
 
 use candle_core::{Device, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use rollcall_models::layers::{Activation, Conv, Padding};
+use rollcall_models::layers::{Activation, Conv, Padding, SeparableConv};
 
 /// One convolution class: where it runs, its shape, and the batch it is timed at.
 struct Class {
@@ -17,7 +17,16 @@ struct Class {
     kernel: usize,
     stride: usize,
     padding: Padding,
-    depthwise: bool,
+    kind: Kind,
+}
+
+/// What runs: a dense conv, a depthwise conv alone, or a depthwise 3×3 conv fused with the
+/// 1×1 conv after it (`cin` → `cout`, the stride on the depthwise conv).
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Dense,
+    Depthwise,
+    Separable,
 }
 
 const fn class(
@@ -36,7 +45,7 @@ const fn class(
         kernel,
         stride,
         padding,
-        depthwise: false,
+        kind: Kind::Dense,
     }
 }
 
@@ -50,13 +59,31 @@ const fn depthwise(name: &'static str, channels: usize, side: usize, stride: usi
         kernel: 3,
         stride,
         padding: Padding::Same,
-        depthwise: true,
+        kind: Kind::Depthwise,
+    }
+}
+
+const fn separable(
+    name: &'static str,
+    (cin, cout, side): (usize, usize, usize),
+    stride: usize,
+) -> Class {
+    Class {
+        name,
+        batch: 1,
+        cin,
+        cout,
+        side,
+        kernel: 3,
+        stride,
+        padding: Padding::Same,
+        kind: Kind::Separable,
     }
 }
 
 /// The networks' convolution classes: the embedding ResNet at batch 8 (its serving batch),
 /// the detectors at batch 1.
-const CLASSES: [Class; 12] = [
+const CLASSES: [Class; 14] = [
     class(
         "resnet_7x7s2_3to32_150",
         8,
@@ -99,6 +126,8 @@ const CLASSES: [Class; 12] = [
     ),
     depthwise("ssd_dw3x3_128_128", 128, 128, 1),
     depthwise("ssd_dw3x3s2_256_64", 256, 64, 2),
+    separable("ssd_sep3x3_128_128", (128, 128, 128), 1),
+    separable("ssd_sep3x3s2_256to512_64", (256, 512, 64), 2),
 ];
 
 fn kernels(c: &mut Criterion) {
@@ -107,19 +136,10 @@ fn kernels(c: &mut Criterion) {
     g.sample_size(10);
     for cl in &CLASSES {
         let x = Tensor::randn(0f32, 1.0, (cl.batch, cl.cin, cl.side, cl.side), &dev).unwrap();
-        let per_group = if cl.depthwise { 1 } else { cl.cin };
-        let w = Tensor::randn(0f32, 0.1, (cl.cout, per_group, cl.kernel, cl.kernel), &dev).unwrap();
-        let b = Tensor::zeros(cl.cout, candle_core::DType::F32, &dev).unwrap();
-        let groups = if cl.depthwise { cl.cin } else { 1 };
-        let conv = Conv::new(w, Some(b), cl.stride, groups, cl.padding)
-            .unwrap()
-            .with_activation(Activation::Relu);
-        let out = conv.run(&x).unwrap();
-        let (_, _, oh, ow) = out.dims4().unwrap();
-        let flops = 2 * cl.batch * cl.cout * oh * ow * per_group * cl.kernel * cl.kernel;
+        let (conv, flops) = conv_of(cl, &dev);
         g.throughput(Throughput::Elements(flops as u64));
         g.bench_with_input(BenchmarkId::new(cl.name, cl.batch), &x, |bench, x| {
-            bench.iter(|| conv.run(x).unwrap())
+            bench.iter(|| conv(x))
         });
     }
     for n in [256usize, 1024] {
@@ -133,6 +153,56 @@ fn kernels(c: &mut Criterion) {
         );
     }
     g.finish();
+}
+
+/// A layer with random weights and a ReLU after it: dense (`groups` 1) or depthwise
+/// (`groups` = `cin` = `cout`).
+fn layer(
+    dev: &Device,
+    (cin, cout, kernel): (usize, usize, usize),
+    (stride, groups): (usize, usize),
+    padding: Padding,
+) -> Conv {
+    let w = Tensor::randn(0f32, 0.1, (cout, cin / groups, kernel, kernel), dev).unwrap();
+    let b = Tensor::zeros(cout, candle_core::DType::F32, dev).unwrap();
+    Conv::new(w, Some(b), stride, groups, padding)
+        .unwrap()
+        .with_activation(Activation::Relu)
+}
+
+/// One forward pass of a class's layer.
+type Layer = Box<dyn Fn(&Tensor) -> Tensor>;
+
+/// The class's layer, and its floating-point operations per call.
+fn conv_of(cl: &Class, dev: &Device) -> (Layer, usize) {
+    let side = match cl.padding {
+        Padding::Same => cl.side.div_ceil(cl.stride),
+        Padding::Valid => (cl.side - cl.kernel) / cl.stride + 1,
+    };
+    let outputs = cl.batch * side * side;
+    let (cin, cout, k) = (cl.cin, cl.cout, cl.kernel);
+    match cl.kind {
+        Kind::Dense => {
+            let conv = layer(dev, (cin, cout, k), (cl.stride, 1), cl.padding);
+            let flops = 2 * outputs * cout * cin * k * k;
+            (Box::new(move |x| conv.run(x).unwrap()), flops)
+        }
+        Kind::Depthwise => {
+            let conv = layer(dev, (cin, cin, k), (cl.stride, cin), cl.padding);
+            (
+                Box::new(move |x| conv.run(x).unwrap()),
+                2 * outputs * cin * k * k,
+            )
+        }
+        Kind::Separable => {
+            let block = SeparableConv::new(
+                layer(dev, (cin, cin, k), (cl.stride, cin), cl.padding),
+                layer(dev, (cin, cout, 1), (1, 1), Padding::Valid),
+            );
+            let flops = 2 * outputs * (cin * k * k + cin * cout);
+            (Box::new(move |x| block.run(x).unwrap()), flops)
+        }
+    }
 }
 
 criterion_group!(benches, kernels);

@@ -7,7 +7,9 @@
 use candle_core::{DType, Module, Tensor};
 
 pub use crate::cpu_conv::Activation;
-use crate::cpu_conv::{DenseConv, DepthwiseConv, MaxPool, Packed, PaddingFn, WithResidual};
+use crate::cpu_conv::{
+    DenseConv, DepthwiseConv, MaxPool, Packed, PaddingFn, Separable, WithResidual,
+};
 use crate::error::{ModelError, Result};
 use crate::tfjs::WeightMap;
 
@@ -302,8 +304,9 @@ impl Module for Conv {
     }
 }
 
-/// TF's `separableConv2d` (3x3 depthwise, `same` padding, then a 1x1 pointwise) plus bias,
-/// from `{prefix}/depthwise_filter`, `{prefix}/pointwise_filter` and `{prefix}/bias`.
+/// A depthwise conv followed by a 1x1 pointwise conv: TF's `separableConv2d` (3x3 depthwise,
+/// `same` padding, then the pointwise conv plus bias) or MobileNet's depthwise and pointwise
+/// layers. On the CPU both run as one fused op ([`Separable`]).
 #[derive(Debug, Clone)]
 pub struct SeparableConv {
     depthwise: Conv,
@@ -311,7 +314,9 @@ pub struct SeparableConv {
 }
 
 impl SeparableConv {
-    /// Loads the block at `prefix` mapping `cin` to `cout` channels with the depthwise `stride`.
+    /// Loads TF's `separableConv2d` at `prefix` (`{prefix}/depthwise_filter`,
+    /// `{prefix}/pointwise_filter`, `{prefix}/bias`) mapping `cin` to `cout` channels with the
+    /// depthwise `stride`.
     pub fn load(
         w: &WeightMap,
         prefix: &str,
@@ -319,15 +324,9 @@ impl SeparableConv {
         cout: usize,
         stride: usize,
     ) -> Result<Self> {
-        Ok(Self {
-            depthwise: Conv::load_depthwise(
-                w,
-                &format!("{prefix}/depthwise_filter"),
-                3,
-                cin,
-                stride,
-            )?,
-            pointwise: Conv::load(
+        Ok(Self::new(
+            Conv::load_depthwise(w, &format!("{prefix}/depthwise_filter"), 3, cin, stride)?,
+            Conv::load(
                 w,
                 &format!("{prefix}/pointwise_filter"),
                 Some(&format!("{prefix}/bias")),
@@ -335,7 +334,15 @@ impl SeparableConv {
                 1,
                 Padding::Valid,
             )?,
-        })
+        ))
+    }
+
+    /// The block of a depthwise conv and the pointwise conv applied to its output.
+    pub fn new(depthwise: Conv, pointwise: Conv) -> Self {
+        Self {
+            depthwise,
+            pointwise,
+        }
     }
 
     /// The same block with `activation` after the pointwise conv.
@@ -352,13 +359,32 @@ impl SeparableConv {
 
     /// Forward pass returning a [`Result`] with the crate's error type.
     pub fn run(&self, x: &Tensor) -> Result<Tensor> {
-        self.pointwise.run(&self.depthwise.run(x)?)
+        match self.fused() {
+            Some(op) => Ok(x.contiguous()?.apply_op1_no_bwd(&op)?),
+            None => self.pointwise.run(&self.depthwise.run(x)?),
+        }
     }
 
     /// `activation(pointwise(depthwise(x)) + bias + residual)`: a residual connection fused
     /// into the pointwise conv.
     pub fn run_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        self.pointwise.run_add(&self.depthwise.run(x)?, residual)
+        match self.fused() {
+            Some(op) => Ok(x
+                .contiguous()?
+                .apply_op2_no_bwd(&residual.contiguous()?, &op)?),
+            None => self.pointwise.run_add(&self.depthwise.run(x)?, residual),
+        }
+    }
+
+    /// The fused CPU op, when both convs run on the CPU kernels as a depthwise and a plain
+    /// 1x1 conv.
+    fn fused(&self) -> Option<Separable<'_>> {
+        match (&self.depthwise.imp, &self.pointwise.imp) {
+            (ConvImpl::Depthwise(d), ConvImpl::Dense(p)) if !self.pointwise.input_relu => {
+                Separable::new(d, p)
+            }
+            _ => None,
+        }
     }
 }
 
@@ -725,6 +751,68 @@ mod tests {
             assert_eq!(got.dims(), want.dims(), "case {i}");
             let diff = max_abs_diff(&got, &want);
             assert!(diff < 1e-5, "depthwise case {i}: {diff}");
+        }
+    }
+
+    #[test]
+    fn fused_separable_blocks_equal_depthwise_then_pointwise() {
+        let dev = candle_core::Device::Cpu;
+        // (batch, cin, cout, h, w, stride): at 1 and 3 threads these run as one image per
+        // thread, as bands in parallel (several, the last partial) and as one band using
+        // every thread.
+        let shapes = [
+            (1, 64, 24, 40, 37, 1),
+            (1, 64, 16, 81, 75, 2),
+            (2, 5, 7, 9, 8, 1),
+            (3, 6, 9, 11, 13, 2),
+            (1, 256, 40, 6, 7, 1),
+            (1, 96, 32, 9, 5, 2),
+        ];
+        for (i, &(n, cin, cout, h, w, stride)) in shapes.iter().enumerate() {
+            let x = Tensor::randn(0f32, 1.0, (n, cin, h, w), &dev).unwrap();
+            let dw = Tensor::randn(0f32, 0.5, (cin, 1, 3, 3), &dev).unwrap();
+            let db = Tensor::randn(0f32, 1.0, cin, &dev).unwrap();
+            let pw = Tensor::randn(0f32, 0.2, (cout, cin, 1, 1), &dev).unwrap();
+            let pb = Tensor::randn(0f32, 1.0, cout, &dev).unwrap();
+            let relu_input = i % 2 == 1;
+            let block = SeparableConv::new(
+                Conv::new(dw.clone(), Some(db.clone()), stride, cin, Padding::Same)
+                    .unwrap()
+                    .with_activation(Activation::Relu6),
+                Conv::new(pw.clone(), Some(pb.clone()), 1, 1, Padding::Valid).unwrap(),
+            )
+            .with_activation(Activation::Leaky(0.1));
+            let block = if relu_input {
+                block.with_input_relu()
+            } else {
+                block
+            };
+            assert!(block.fused().is_some(), "case {i}");
+            let input = if relu_input {
+                x.relu().unwrap()
+            } else {
+                x.clone()
+            };
+            let act = Activation::Relu6;
+            let hidden = reference(&input, &dw, &db, stride, cin, Padding::Same, act, None);
+            let (_, _, oh, ow) = hidden.dims4().unwrap();
+            let r = Tensor::randn(0f32, 1.0, (n, cout, oh, ow), &dev).unwrap();
+            let act = Activation::Leaky(0.1);
+            let want = reference(&hidden, &pw, &pb, 1, 1, Padding::Valid, act, None);
+            let want_add = reference(&hidden, &pw, &pb, 1, 1, Padding::Valid, act, Some(&r));
+            for threads in [1, 3] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let (got, got_add) =
+                    pool.install(|| (block.run(&x).unwrap(), block.run_add(&x, &r).unwrap()));
+                assert_eq!(got.dims(), want.dims(), "case {i}");
+                let diff = max_abs_diff(&got, &want);
+                assert!(diff < 1e-4, "case {i}, {threads} threads: {diff}");
+                let diff = max_abs_diff(&got_add, &want_add);
+                assert!(diff < 1e-4, "case {i}, {threads} threads, residual: {diff}");
+            }
         }
     }
 

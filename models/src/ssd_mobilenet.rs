@@ -7,7 +7,7 @@ use candle_core::{Device, Tensor, D};
 
 use crate::detection::{non_max_suppression, Detection, FaceBox};
 use crate::error::Result;
-use crate::layers::{Activation, Conv, Padding};
+use crate::layers::{Activation, Conv, Padding, SeparableConv};
 use crate::preprocess::{to_batch_tensor, FloatImage};
 use crate::tfjs::WeightMap;
 
@@ -55,64 +55,41 @@ impl PointwiseConvLayer {
 }
 
 /// face-api's `depthwiseConvLayer`: a 3x3 depthwise `same` conv, batch norm (folded into the
-/// filter and a bias at load time), then ReLU6.
-#[derive(Debug, Clone)]
-pub struct DepthwiseConvLayer {
-    conv: Conv,
+/// filter and a bias at load time), then ReLU6. Loads
+/// `MobilenetV1/Conv2d_<idx>_depthwise/{depthwise_weights,BatchNorm/*}`.
+fn load_depthwise_layer(w: &WeightMap, idx: usize, channels: usize, stride: usize) -> Result<Conv> {
+    let base = format!("MobilenetV1/Conv2d_{idx}_depthwise");
+    let conv = Conv::load_depthwise(w, &format!("{base}/depthwise_weights"), 3, channels, stride)?;
+    let bn = |name: &str| w.vector(&format!("{base}/BatchNorm/{name}"), channels);
+    let (gamma, beta) = (bn("gamma")?, bn("beta")?);
+    let (mean, variance) = (bn("moving_mean")?, bn("moving_variance")?);
+    // (x - mean) * gamma / sqrt(var + eps) + beta  ==  x * scale + (beta - mean * scale).
+    let scale = (gamma / (variance + BN_EPSILON)?.sqrt()?)?;
+    let bias = (beta - (mean * &scale)?)?;
+    Ok(conv
+        .fold_affine(&scale, &bias)?
+        .with_activation(Activation::Relu6))
 }
 
-impl DepthwiseConvLayer {
-    /// Loads `MobilenetV1/Conv2d_<idx>_depthwise/{depthwise_weights,BatchNorm/*}`.
-    pub fn load(w: &WeightMap, idx: usize, channels: usize, stride: usize) -> Result<Self> {
-        let base = format!("MobilenetV1/Conv2d_{idx}_depthwise");
-        let conv =
-            Conv::load_depthwise(w, &format!("{base}/depthwise_weights"), 3, channels, stride)?;
-        let bn = |name: &str| w.vector(&format!("{base}/BatchNorm/{name}"), channels);
-        let (gamma, beta) = (bn("gamma")?, bn("beta")?);
-        let (mean, variance) = (bn("moving_mean")?, bn("moving_variance")?);
-        // (x - mean) * gamma / sqrt(var + eps) + beta  ==  x * scale + (beta - mean * scale).
-        let scale = (gamma / (variance + BN_EPSILON)?.sqrt()?)?;
-        let bias = (beta - (mean * &scale)?)?;
-        Ok(Self {
-            conv: conv
-                .fold_affine(&scale, &bias)?
-                .with_activation(Activation::Relu6),
-        })
-    }
-
-    /// Applies the layer to an NCHW tensor.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.conv.run(x)
-    }
-}
-
-/// One depthwise-separable block of MobileNetV1: depthwise then pointwise layer.
-#[derive(Debug, Clone)]
-pub struct ConvPair {
-    depthwise: DepthwiseConvLayer,
-    pointwise: PointwiseConvLayer,
-}
-
-impl ConvPair {
-    /// Loads block `idx` (1..=13) with `cin` → `cout` channels; the depthwise conv has `stride`.
-    pub fn load(w: &WeightMap, idx: usize, cin: usize, cout: usize, stride: usize) -> Result<Self> {
-        Ok(Self {
-            depthwise: DepthwiseConvLayer::load(w, idx, cin, stride)?,
-            pointwise: PointwiseConvLayer::load(w, "MobilenetV1", idx, (1, cin, cout), 1)?,
-        })
-    }
-
-    /// Applies the block to an NCHW tensor.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.pointwise.forward(&self.depthwise.forward(x)?)
-    }
+/// One depthwise-separable block of MobileNetV1 (block `idx`, 1..=13, with `cin` → `cout`
+/// channels and the depthwise `stride`): the depthwise layer, then the pointwise layer.
+fn load_conv_pair(
+    w: &WeightMap,
+    idx: usize,
+    (cin, cout): (usize, usize),
+    stride: usize,
+) -> Result<SeparableConv> {
+    Ok(SeparableConv::new(
+        load_depthwise_layer(w, idx, cin, stride)?,
+        PointwiseConvLayer::load(w, "MobilenetV1", idx, (1, cin, cout), 1)?.conv,
+    ))
 }
 
 /// face-api's `mobileNetV1` backbone.
 #[derive(Debug, Clone)]
 pub struct MobileNetV1 {
     conv_0: PointwiseConvLayer,
-    pairs: Vec<ConvPair>,
+    pairs: Vec<SeparableConv>,
 }
 
 impl MobileNetV1 {
@@ -139,10 +116,10 @@ impl MobileNetV1 {
         let pairs = Self::CHANNELS
             .iter()
             .enumerate()
-            .map(|(i, &(cin, cout))| {
+            .map(|(i, &channels)| {
                 let idx = i + 1;
                 let stride = if [2, 4, 6, 12].contains(&idx) { 2 } else { 1 };
-                ConvPair::load(w, idx, cin, cout, stride)
+                load_conv_pair(w, idx, channels, stride)
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self { conv_0, pairs })
@@ -152,11 +129,11 @@ impl MobileNetV1 {
     pub fn forward(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
         let mut out = self.conv_0.forward(x)?;
         for pair in &self.pairs[..11] {
-            out = pair.forward(&out)?;
+            out = pair.run(&out)?;
         }
         let conv11 = out.clone();
         for pair in &self.pairs[11..] {
-            out = pair.forward(&out)?;
+            out = pair.run(&out)?;
         }
         Ok((out, conv11))
     }

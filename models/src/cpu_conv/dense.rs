@@ -50,7 +50,7 @@ impl DenseConv {
 
     /// Runs the convolution on `x` (`[n, cin, h, w]`), adding `residual` (`[n, cout, oh, ow]`)
     /// before the activation when given.
-    fn forward(
+    pub(super) fn forward(
         &self,
         x: &[f32],
         x_layout: &Layout,
@@ -116,11 +116,7 @@ impl DenseConv {
             output: (oh, ow),
             residual,
         } = *image;
-        let (m, spatial, depth) = (
-            self.cout,
-            oh * ow,
-            self.cin * self.packed.kernel * self.packed.kernel,
-        );
+        let spatial = oh * ow;
         let cols_buf;
         let cols: &[f32] =
             if self.packed.kernel == 1 && self.packed.stride == 1 && geo.pad == (0, 0, 0, 0) {
@@ -129,32 +125,76 @@ impl DenseConv {
                 cols_buf = im2col(x, self.cin, input, geo, (oh, ow), parallelism);
                 &cols_buf
             };
-        for (c, row) in dst.chunks_mut(spatial).enumerate() {
+        // SAFETY: `dst` holds the `cout` rows of `spatial` outputs, and nothing else touches it.
+        unsafe {
+            self.gemm_columns(
+                cols,
+                (dst.as_mut_ptr(), spatial, spatial),
+                residual,
+                parallelism,
+            );
+        }
+    }
+
+    /// Whether this is a 1×1 stride-1 convolution without padding on `cin` channels: a
+    /// plain matrix product over the channels (what a depthwise-separable block ends with).
+    pub(super) fn is_pointwise_on(&self, cin: usize) -> bool {
+        self.cin == cin
+            && self.packed.kernel == 1
+            && self.packed.stride == 1
+            && (self.packed.padding)(1, 1, 1, 1) == (0, 0, 0, 0)
+    }
+
+    /// Output channels.
+    pub(super) fn cout(&self) -> usize {
+        self.cout
+    }
+
+    /// `dst = act(W · cols + bias [+ residual])` for `n` output columns: `cols` is the
+    /// `cin·k·k × n` column matrix, `dst` (`(pointer, n, row stride)`) the `cout` rows of `n`
+    /// outputs spaced `row stride` apart, and `residual` laid out like `dst` from its start.
+    ///
+    /// # Safety
+    /// `dst` must be valid for reads and writes of `cout` rows of `n` samples spaced
+    /// `row stride` apart, and no other thread may touch those samples during the call.
+    pub(super) unsafe fn gemm_columns(
+        &self,
+        cols: &[f32],
+        (dst, n, stride): (*mut f32, usize, usize),
+        residual: Option<&[f32]>,
+        parallelism: Parallelism,
+    ) {
+        let (m, depth) = (self.cout, self.packed.weight.len() / self.cout);
+        debug_assert!(cols.len() >= depth * n);
+        // SAFETY: row `c` of `dst` is valid and exclusively ours (the caller's contract).
+        let row = |c: usize| unsafe { std::slice::from_raw_parts_mut(dst.add(c * stride), n) };
+        for c in 0..m {
+            let row = row(c);
             match residual {
                 Some(r) => row
                     .iter_mut()
-                    .zip(&r[c * spatial..(c + 1) * spatial])
+                    .zip(&r[c * stride..c * stride + n])
                     .for_each(|(d, r)| *d = r + self.packed.bias[c]),
                 None => row.fill(self.packed.bias[c]),
             }
         }
-        // SAFETY: `dst` is `m × spatial`, `weight` is `m × depth` and `cols` is
-        // `depth × spatial`, all row-major and contiguous, as the strides passed say.
+        // SAFETY: `dst` is `m × n` at row stride `stride` (the caller's contract), `weight`
+        // is `m × depth` and `cols` is `depth × n`, both row-major and contiguous.
         unsafe {
             gemm::gemm(
                 m,
-                spatial,
+                n,
                 depth,
-                dst.as_mut_ptr(),
+                dst,
                 1,
-                spatial as isize,
+                stride as isize,
                 true,
                 self.packed.weight.as_ptr(),
                 1,
                 depth as isize,
                 cols.as_ptr(),
                 1,
-                spatial as isize,
+                n as isize,
                 1.0,
                 1.0,
                 false,
@@ -163,7 +203,7 @@ impl DenseConv {
                 parallelism,
             );
         }
-        self.packed.activation.apply(dst);
+        (0..m).for_each(|c| self.packed.activation.apply(row(c)));
     }
 
     /// One image on the direct kernel, [`DIRECT_CHANNELS`] output channels at a time (in
@@ -172,9 +212,7 @@ impl DenseConv {
         let (h, w) = image.input;
         let (oh, ow) = image.output;
         let mut padded = PaddedPlanes::new(self.cin, (h, w), image.geo);
-        for (c, plane) in image.x.chunks(h * w).enumerate() {
-            padded.fill(c, plane, false);
-        }
+        padded.fill(image.x, false, false);
         let (plane, taps) = (oh * ow, self.cin * self.packed.kernel * self.packed.kernel);
         // The residual has to be added before the activation, after the kernel.
         let activation = match image.residual {

@@ -1,11 +1,12 @@
 //! Depthwise convolutions (one filter per channel): [`stencil::stream_row`] over each
 //! channel plane, zero-padded and phased once, with the bias and activation fused. At stride 1
 //! bands of rows are one long row each (a single pass per tap); strided planes go row by row.
+//! [`super::Separable`] runs the same rows band by band, straight into a pointwise conv.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
 use rayon::prelude::*;
 
-use super::{input, nchw, stencil, Packed, PaddedPlanes, PaddingFn};
+use super::{input, nchw, stencil, Geometry, Packed, PaddedPlanes, PaddingFn};
 
 /// Samples of a stride-1 band: the output stays in L1 across the taps' passes.
 const BAND_SAMPLES: usize = 4096;
@@ -43,42 +44,92 @@ impl DepthwiseConv {
         &mut self.packed
     }
 
-    fn forward(&self, x: &[f32], layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    /// Channels (input and output).
+    pub(super) fn channels(&self) -> usize {
+        self.channels
+    }
+
+    /// The geometry and output size for an `h × w` input.
+    pub(super) fn geometry(
+        &self,
+        h: usize,
+        w: usize,
+    ) -> candle_core::Result<(Geometry, (usize, usize))> {
+        self.packed.geometry(h, w)
+    }
+
+    /// Fills `padded` (room for a band of output rows) from one image (`[channels, h, w]`):
+    /// the input rows of the band's first output row `oy0` on, through the input ReLU if there
+    /// is one; the planes in parallel when `parallel`.
+    pub(super) fn fill_band(
+        &self,
+        padded: &mut PaddedPlanes,
+        image: &[f32],
+        (h, oy0): (usize, usize),
+        parallel: bool,
+    ) {
+        let first = (oy0 * padded.geo.stride) as isize - padded.geo.pad.0 as isize;
+        padded.fill_rows(image, h, first, self.input_relu, parallel);
+    }
+
+    /// Output rows `oy0..oy0 + dst.len() / ow` of channel `c`, read from plane `c % planes`
+    /// of `padded`. At stride 1 bands of rows are one long row each (a single pass per tap
+    /// over a band small enough to stay in L1), each output row computed over the padded
+    /// width into `scratch`, then the samples past `ow` dropped; strided planes go row by row.
+    pub(super) fn channel_rows(
+        &self,
+        padded: &PaddedPlanes,
+        c: usize,
+        (oy0, ow): (usize, usize),
+        dst: &mut [f32],
+        scratch: &mut Vec<f32>,
+    ) {
+        let taps = padded.geo.kernel * padded.geo.kernel;
+        let plane = c % padded.planes();
+        let (weight, bias) = (
+            &self.packed.weight[c * taps..(c + 1) * taps],
+            self.packed.bias[c],
+        );
+        let activation = self.packed.activation;
+        let mut srcs = Vec::with_capacity(taps);
+        if padded.geo.stride == 1 {
+            let pw = padded.padded_width();
+            let band = (BAND_SAMPLES / pw).max(1);
+            for (b, dst) in dst.chunks_mut(band * ow).enumerate() {
+                let rows = dst.len() / ow;
+                scratch.resize((rows - 1) * pw + ow, 0.0);
+                padded.plane_taps(plane, oy0 + b * band, &mut srcs);
+                stencil::stream_row(&srcs, weight, bias, activation, scratch);
+                for (row, src) in dst.chunks_mut(ow).zip(scratch.chunks(pw)) {
+                    row.copy_from_slice(&src[..ow]);
+                }
+            }
+        } else {
+            for (r, row) in dst.chunks_mut(ow).enumerate() {
+                padded.tap_rows(plane..plane + 1, oy0 + r, &mut srcs);
+                stencil::stream_row(&srcs, weight, bias, activation, row);
+            }
+        }
+    }
+
+    /// Every plane of the batch on its own: padded (so it stays in cache) and convolved.
+    pub(super) fn forward(
+        &self,
+        x: &[f32],
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (n, h, w) = nchw(layout, self.channels)?;
         let (geo, (oh, ow)) = self.packed.geometry(h, w)?;
-        let taps = geo.kernel * geo.kernel;
         let mut out = vec![0f32; n * self.channels * oh * ow];
         out.par_chunks_mut(oh * ow).enumerate().for_each_init(
             || (PaddedPlanes::new(1, (h, w), geo), Vec::new()),
             |(padded, scratch), (plane, dst)| {
-                let c = plane % self.channels;
-                let (weight, bias) = (
-                    &self.packed.weight[c * taps..(c + 1) * taps],
-                    self.packed.bias[c],
+                padded.fill(
+                    &x[plane * h * w..(plane + 1) * h * w],
+                    self.input_relu,
+                    false,
                 );
-                padded.fill(0, &x[plane * h * w..(plane + 1) * h * w], self.input_relu);
-                let mut srcs = Vec::with_capacity(taps);
-                if geo.stride == 1 {
-                    // Bands of rows as one long row each: one pass per tap over the band
-                    // (small enough to stay in L1), each output row computed over the padded
-                    // width, then the samples past `ow` dropped.
-                    let pw = padded.padded_width();
-                    let band = (BAND_SAMPLES / pw).max(1);
-                    for (b, dst) in dst.chunks_mut(band * ow).enumerate() {
-                        let rows = dst.len() / ow;
-                        scratch.resize((rows - 1) * pw + ow, 0.0);
-                        padded.plane_taps(0, b * band, &mut srcs);
-                        stencil::stream_row(&srcs, weight, bias, self.packed.activation, scratch);
-                        for (row, src) in dst.chunks_mut(ow).zip(scratch.chunks(pw)) {
-                            row.copy_from_slice(&src[..ow]);
-                        }
-                    }
-                } else {
-                    for (oy, row) in dst.chunks_mut(ow).enumerate() {
-                        padded.tap_rows(0..1, oy, &mut srcs);
-                        stencil::stream_row(&srcs, weight, bias, self.packed.activation, row);
-                    }
-                }
+                self.channel_rows(padded, plane % self.channels, (0, ow), dst, scratch);
             },
         );
         Ok((

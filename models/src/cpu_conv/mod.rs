@@ -8,6 +8,8 @@
 //!   layers) run on the direct [`stencil`] kernel instead, where gemm's packing would dominate.
 //! - Depthwise convolutions ([`DepthwiseConv`]): the direct [`stencil`] kernel per channel
 //!   plane, with the bias and activation fused.
+//! - Depthwise-separable blocks ([`Separable`]): the two above fused, a band of output rows at
+//!   a time, so the depthwise output goes from cache straight into the pointwise gemm.
 //! - Max pooling ([`MaxPool`]): windows clipped at the borders, planes in parallel.
 //!
 //! Weights are packed once, when a layer is built. Both kernels use every Rayon thread: across
@@ -17,13 +19,16 @@
 mod dense;
 mod depthwise;
 mod pool;
+mod separable;
 mod stencil;
 
 pub use dense::{DenseConv, WithResidual};
 pub use depthwise::DepthwiseConv;
 pub use pool::MaxPool;
+pub use separable::Separable;
 
 use candle_core::{CpuStorage, Layout};
+use rayon::prelude::*;
 
 /// Pointwise non-linearity applied after the bias (and the residual, if any).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -252,14 +257,24 @@ struct PaddedPlanes {
 impl PaddedPlanes {
     /// Zeroed room for `planes` planes of `h × w` under `geo`.
     fn new(planes: usize, (h, w): (usize, usize), geo: Geometry) -> Self {
-        let (t, b, l, r) = geo.pad;
-        let (height, width) = (h + t + b, w + l + r);
+        let (t, b, _, _) = geo.pad;
+        Self::with_height(planes, h + t + b, w, geo)
+    }
+
+    /// Room for the input rows that `rows` output rows read, of `planes` planes `w` wide.
+    fn for_output_rows(planes: usize, rows: usize, w: usize, geo: Geometry) -> Self {
+        Self::with_height(planes, (rows - 1) * geo.stride + geo.kernel, w, geo)
+    }
+
+    /// Zeroed room for `planes` planes of `height` padded rows, `w` samples wide before padding.
+    fn with_height(planes: usize, height: usize, w: usize, geo: Geometry) -> Self {
+        let (_, _, l, r) = geo.pad;
         let phased = Phased {
             stride: geo.stride,
-            width,
+            width: w + l + r,
         };
         Self {
-            data: vec![0f32; planes * height * width],
+            data: vec![0f32; planes * height * phased.width],
             geo,
             height,
             phased,
@@ -267,20 +282,45 @@ impl PaddedPlanes {
         }
     }
 
-    /// Copies plane `index` (`rows` of the input's width) into place, through a ReLU when
-    /// `relu`. Padding samples are never written, so they stay zero when the planes are
-    /// refilled (and a ReLU leaves them zero).
-    fn fill(&mut self, index: usize, rows: &[f32], relu: bool) {
-        let (top, _, left, right) = self.geo.pad;
-        let (pw, plane) = (self.phased.width, self.height * self.phased.width);
-        let w = pw - left - right;
-        let dst = &mut self.data[index * plane..(index + 1) * plane];
-        for (y, row) in rows.chunks(w).enumerate() {
-            let dst = &mut dst[(y + top) * pw..(y + top + 1) * pw];
-            self.phased.write(row, left, dst);
-            if relu {
-                Activation::Relu.apply(dst);
+    /// Copies the planes of `x` (`[planes, h, w]`) into place whole, under the top padding.
+    fn fill(&mut self, x: &[f32], relu: bool, parallel: bool) {
+        let h = x.len() / self.planes() / (self.phased.width - self.geo.pad.2 - self.geo.pad.3);
+        self.fill_rows(x, h, -(self.geo.pad.0 as isize), relu, parallel);
+    }
+
+    /// Fills every held row from the planes of `x` (`[planes, h, w]`): held row `j` is input
+    /// row `first + j`, zeros where that lies outside the input. Goes through a ReLU when
+    /// `relu`, the planes in parallel when `parallel`. Left and right padding samples are never
+    /// written, so they stay zero (and a ReLU leaves them zero).
+    fn fill_rows(&mut self, x: &[f32], h: usize, first: isize, relu: bool, parallel: bool) {
+        let left = self.geo.pad.2;
+        let phased = self.phased;
+        let (pw, plane) = (phased.width, self.height * phased.width);
+        let w = pw - left - self.geo.pad.3;
+        let fill = |(dst, src): (&mut [f32], &[f32])| {
+            for (j, dst) in dst.chunks_mut(pw).enumerate() {
+                let y = first + j as isize;
+                if y < 0 || y >= h as isize {
+                    dst.fill(0.0);
+                    continue;
+                }
+                let y = y as usize;
+                phased.write(&src[y * w..(y + 1) * w], left, dst);
+                if relu {
+                    Activation::Relu.apply(dst);
+                }
             }
+        };
+        if parallel {
+            self.data
+                .par_chunks_mut(plane)
+                .zip(x.par_chunks(h * w))
+                .for_each(fill);
+        } else {
+            self.data
+                .chunks_mut(plane)
+                .zip(x.chunks(h * w))
+                .for_each(fill);
         }
     }
 
@@ -295,6 +335,11 @@ impl PaddedPlanes {
         for ky in 0..k {
             srcs.extend((0..k).map(|kx| &plane[(oy + ky) * pw + kx..]));
         }
+    }
+
+    /// How many planes this holds.
+    fn planes(&self) -> usize {
+        self.data.len() / (self.height * self.phased.width)
     }
 
     /// Width of a padded row.

@@ -1,0 +1,286 @@
+//! Depthwise-separable blocks fused: a depthwise convolution followed by a 1×1 (pointwise) one,
+//! run a band of output rows at a time. The band's depthwise output for every channel is
+//! computed into a buffer small enough to stay in cache and multiplied by the pointwise filter
+//! from there, so the depthwise output is never written to memory and read back whole.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use super::{input, nchw, DenseConv, DepthwiseConv, Geometry, PaddedPlanes};
+
+/// Padded input and depthwise output samples a band aims at: 192 KiB, inside L2.
+const BAND_SAMPLES: usize = 48 * 1024;
+
+/// Fewest output columns per band, so that packing the pointwise filter for each band's gemm
+/// stays a small share of its multiply-adds.
+const MIN_BAND_COLUMNS: usize = 128;
+
+/// Fewest output positions per output channel for the fused run. Below it the pointwise gemm
+/// dominates and runs faster whole (measured: fused 5–8% slower from SSD's 256-channel 64²
+/// blocks on, 10–25% faster on its 32–128-channel blocks at 128² and 256²); the two kernels
+/// then run one after the other.
+const FUSED_COLUMNS_PER_OUTPUT_CHANNEL: usize = 16;
+
+/// A depthwise convolution and the pointwise convolution that follows it, as one op.
+#[derive(Debug, Clone, Copy)]
+pub struct Separable<'a> {
+    depthwise: &'a DepthwiseConv,
+    pointwise: &'a DenseConv,
+}
+
+/// Where one image's output lives while bands are written into it from several threads.
+#[derive(Clone, Copy)]
+struct Output(*mut f32);
+
+// SAFETY: bands write disjoint columns of the output (see `Separable::band`).
+unsafe impl Send for Output {}
+// SAFETY: as above.
+unsafe impl Sync for Output {}
+
+impl Output {
+    fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// How one image's bands share the threads.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Split {
+    /// Everything on the calling thread (the batch is split across threads instead).
+    Serial,
+    /// Bands in parallel, each on one thread.
+    Bands,
+    /// Bands one after another, each using every thread.
+    Inside,
+}
+
+impl<'a> Separable<'a> {
+    /// The fused block, if `pointwise` is a 1×1 stride-1 unpadded conv on the depthwise
+    /// output's channels.
+    pub fn new(depthwise: &'a DepthwiseConv, pointwise: &'a DenseConv) -> Option<Self> {
+        pointwise
+            .is_pointwise_on(depthwise.channels())
+            .then_some(Self {
+                depthwise,
+                pointwise,
+            })
+    }
+
+    /// Runs the block on `x` (`[n, cin, h, w]`), adding `residual` (`[n, cout, oh, ow]`) before
+    /// the pointwise activation when given.
+    fn forward(
+        &self,
+        x: &[f32],
+        x_layout: &Layout,
+        residual: Option<(&[f32], &Layout)>,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let cin = self.depthwise.channels();
+        let cout = self.pointwise.cout();
+        let (n, h, w) = nchw(x_layout, cin)?;
+        let (geo, (oh, ow)) = self.depthwise.geometry(h, w)?;
+        let out_shape = Shape::from((n, cout, oh, ow));
+        if let Some((_, layout)) = residual {
+            if layout.shape() != &out_shape {
+                candle_core::bail!(
+                    "residual shape {:?} differs from the output {out_shape:?}",
+                    layout.shape()
+                );
+            }
+        }
+        if oh * ow < FUSED_COLUMNS_PER_OUTPUT_CHANNEL * cout {
+            let (hidden, shape) = self.depthwise.forward(x, x_layout)?;
+            let CpuStorage::F32(hidden) = hidden else {
+                unreachable!("the depthwise kernel writes f32")
+            };
+            return self
+                .pointwise
+                .forward(&hidden, &Layout::contiguous(shape), residual);
+        }
+        let threads = rayon::current_num_threads();
+        let split_images = threads == 1 || n >= threads;
+        let rows = band_rows(
+            (cin, cout, w),
+            (oh, ow),
+            geo,
+            if split_images { 1 } else { threads },
+        );
+        let bands = oh.div_ceil(rows);
+        let (image_in, image_out) = (cin * h * w, cout * oh * ow);
+        let mut out = vec![0f32; n * image_out];
+        let new_scratch = || Scratch {
+            padded: PaddedPlanes::for_output_rows(cin, rows, w, geo),
+            columns: Vec::new(),
+            row: Vec::new(),
+        };
+        let image = |b: usize, dst: &mut [f32], split: Split| {
+            let image = Image {
+                x: &x[b * image_in..(b + 1) * image_in],
+                h,
+                residual: residual.map(|(r, _)| &r[b * image_out..(b + 1) * image_out]),
+                out: Output(dst.as_mut_ptr()),
+                output: (oh, ow),
+                rows,
+            };
+            match split {
+                Split::Serial => {
+                    let mut scratch = new_scratch();
+                    for band in 0..bands {
+                        self.band(&image, band, &mut scratch, Parallelism::None);
+                    }
+                }
+                Split::Bands => (0..bands)
+                    .into_par_iter()
+                    .for_each_init(new_scratch, |scratch, band| {
+                        self.band(&image, band, scratch, Parallelism::None)
+                    }),
+                Split::Inside => {
+                    let mut scratch = new_scratch();
+                    for band in 0..bands {
+                        self.band(&image, band, &mut scratch, Parallelism::Rayon(threads));
+                    }
+                }
+            }
+        };
+        if split_images {
+            out.par_chunks_mut(image_out)
+                .enumerate()
+                .for_each(|(b, dst)| image(b, dst, Split::Serial));
+        } else {
+            let split = if bands >= threads {
+                Split::Bands
+            } else {
+                Split::Inside
+            };
+            for (b, dst) in out.chunks_mut(image_out).enumerate() {
+                image(b, dst, split);
+            }
+        }
+        Ok((CpuStorage::F32(out), out_shape))
+    }
+
+    /// Output rows `band * rows..` of one image: the band's input rows padded, the depthwise
+    /// output of every channel into the scratch buffer (planes and channels in parallel unless
+    /// `parallelism` is `None`), then the pointwise gemm from there into the band's columns of
+    /// the output.
+    fn band(&self, image: &Image, band: usize, scratch: &mut Scratch, parallelism: Parallelism) {
+        let (oh, ow) = image.output;
+        let oy0 = band * image.rows;
+        let columns = image.rows.min(oh - oy0) * ow;
+        let parallel = !matches!(parallelism, Parallelism::None);
+        let Scratch {
+            padded,
+            columns: dw_out,
+            row,
+        } = scratch;
+        self.depthwise
+            .fill_band(padded, image.x, (image.h, oy0), parallel);
+        dw_out.resize(self.depthwise.channels() * columns, 0.0);
+        let channel = |(c, dst): (usize, &mut [f32]), row: &mut Vec<f32>| {
+            self.depthwise.channel_rows(padded, c, (0, ow), dst, row);
+        };
+        if parallel {
+            dw_out
+                .par_chunks_mut(columns)
+                .enumerate()
+                .for_each_init(Vec::new, |row, item| channel(item, row));
+        } else {
+            for item in dw_out.chunks_mut(columns).enumerate() {
+                channel(item, row);
+            }
+        }
+        let offset = oy0 * ow;
+        // SAFETY: the output holds `cout` rows of `oh * ow`; this band writes columns
+        // `offset..offset + columns` of each, which no other band touches.
+        unsafe {
+            self.pointwise.gemm_columns(
+                dw_out,
+                (image.out.ptr().add(offset), columns, oh * ow),
+                image.residual.map(|r| &r[offset..]),
+                parallelism,
+            );
+        }
+    }
+}
+
+/// One image as its bands see it.
+struct Image<'a> {
+    /// The input, `[cin, h, w]`.
+    x: &'a [f32],
+    h: usize,
+    residual: Option<&'a [f32]>,
+    out: Output,
+    output: (usize, usize),
+    rows: usize,
+}
+
+/// A thread's buffers: a band's padded input rows, its depthwise output (`cin × columns`) and
+/// the depthwise kernel's row scratch.
+struct Scratch {
+    padded: PaddedPlanes,
+    columns: Vec<f32>,
+    row: Vec<f32>,
+}
+
+/// Output rows per band for `cin → cout` channels, input rows `w` wide and an `oh × ow`
+/// output: about [`BAND_SAMPLES`] padded input and depthwise output samples, but at least
+/// `cout` and [`MIN_BAND_COLUMNS`] columns (each band's gemm packs the `cout × cin` filter
+/// again, which has to stay small next to the depthwise output it saves moving); with at least
+/// `threads` bands, a count that is a multiple of `threads`, so no thread waits on a last odd
+/// band.
+fn band_rows(
+    (cin, cout, w): (usize, usize, usize),
+    (oh, ow): (usize, usize),
+    geo: Geometry,
+    threads: usize,
+) -> usize {
+    let pw = w + geo.pad.2 + geo.pad.3;
+    // A band of `r` rows holds `r * stride + kernel - 1` padded input rows and `r` output
+    // rows per channel.
+    let per_row = cin * (geo.stride * pw + ow);
+    let fixed = cin * (geo.kernel - 1) * pw;
+    let rows = (BAND_SAMPLES.saturating_sub(fixed) / per_row)
+        .max(MIN_BAND_COLUMNS.max(cout).div_ceil(ow))
+        .clamp(1, oh);
+    let bands = oh.div_ceil(rows);
+    if bands >= threads {
+        oh.div_ceil(bands.next_multiple_of(threads))
+    } else {
+        rows
+    }
+}
+
+impl CustomOp1 for Separable<'_> {
+    fn name(&self) -> &'static str {
+        "rollcall-separable-conv"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.forward(input(storage, layout)?, layout, None)
+    }
+}
+
+impl CustomOp2 for Separable<'_> {
+    fn name(&self) -> &'static str {
+        "rollcall-separable-conv-residual"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_layout: &Layout,
+        residual: &CpuStorage,
+        residual_layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let residual = input(residual, residual_layout)?;
+        self.forward(
+            input(x, x_layout)?,
+            x_layout,
+            Some((residual, residual_layout)),
+        )
+    }
+}
