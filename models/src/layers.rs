@@ -7,9 +7,7 @@
 use candle_core::{DType, Module, Tensor};
 
 pub use crate::cpu_conv::Activation;
-use crate::cpu_conv::{
-    DenseConv, DepthwiseConv, MaxPool, Packed, PaddingFn, Separable, WithResidual,
-};
+use crate::cpu_conv::{DenseConv, DepthwiseConv, MaxPool, Op, Packed, PaddingFn, Separable};
 use crate::error::{ModelError, Result};
 use crate::tfjs::WeightMap;
 
@@ -240,10 +238,10 @@ impl Conv {
             x
         };
         match (&self.imp, residual) {
-            (ConvImpl::Dense(k), None) => Ok(x.contiguous()?.apply_op1_no_bwd(k)?),
-            (ConvImpl::Dense(k), Some(r)) => Ok(x
-                .contiguous()?
-                .apply_op2_no_bwd(&r.contiguous()?, &WithResidual(k))?),
+            (ConvImpl::Dense(k), None) => Ok(x.contiguous()?.apply_op1_no_bwd(&Op(k))?),
+            (ConvImpl::Dense(k), Some(r)) => {
+                Ok(x.contiguous()?.apply_op2_no_bwd(&r.contiguous()?, &Op(k))?)
+            }
             (ConvImpl::Depthwise(k), None) => Ok(x.contiguous()?.apply_op1_no_bwd(k)?),
             (
                 ConvImpl::Portable {
@@ -360,7 +358,7 @@ impl SeparableConv {
     /// Forward pass returning a [`Result`] with the crate's error type.
     pub fn run(&self, x: &Tensor) -> Result<Tensor> {
         match self.fused() {
-            Some(op) => Ok(x.contiguous()?.apply_op1_no_bwd(&op)?),
+            Some(op) => Ok(x.contiguous()?.apply_op1_no_bwd(&Op(&op))?),
             None => self.pointwise.run(&self.depthwise.run(x)?),
         }
     }
@@ -371,7 +369,7 @@ impl SeparableConv {
         match self.fused() {
             Some(op) => Ok(x
                 .contiguous()?
-                .apply_op2_no_bwd(&residual.contiguous()?, &op)?),
+                .apply_op2_no_bwd(&residual.contiguous()?, &Op(&op))?),
             None => self.pointwise.run_add(&self.depthwise.run(x)?, residual),
         }
     }

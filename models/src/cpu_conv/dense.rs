@@ -1,13 +1,13 @@
 //! Dense (ungrouped) convolutions: im2col + `gemm` into an output pre-filled with the bias and
 //! residual, or the direct [`stencil`] kernel for filters with few taps per output.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape};
+use candle_core::{CpuStorage, Layout, Shape};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::{
-    input, nchw, stencil, stencil::single_channel, Activation, Geometry, Packed, PaddedPlanes,
-    PaddingFn, Phased,
+    check_residual, nchw, stencil, stencil::single_channel, Activation, Geometry, Packed,
+    PaddedPlanes, PaddingFn, Phased, ResidualKernel,
 };
 
 /// Filters with at most this many taps per output (`cin * k * k`, not 1×1 stride 1) run on the
@@ -50,7 +50,7 @@ impl DenseConv {
 
     /// Runs the convolution on `x` (`[n, cin, h, w]`), adding `residual` (`[n, cout, oh, ow]`)
     /// before the activation when given.
-    pub(super) fn forward(
+    fn run(
         &self,
         x: &[f32],
         x_layout: &Layout,
@@ -59,14 +59,7 @@ impl DenseConv {
         let (n, h, w) = nchw(x_layout, self.cin)?;
         let (geo, (oh, ow)) = self.packed.geometry(h, w)?;
         let out_shape = Shape::from((n, self.cout, oh, ow));
-        if let Some((_, layout)) = residual {
-            if layout.shape() != &out_shape {
-                candle_core::bail!(
-                    "residual shape {:?} differs from the output {out_shape:?}",
-                    layout.shape()
-                );
-            }
-        }
+        check_residual(residual, &out_shape)?;
         let (image_in, image_out) = (self.cin * h * w, self.cout * oh * ow);
         let mut out = vec![0f32; n * image_out];
         let threads = rayon::current_num_threads();
@@ -333,41 +326,15 @@ fn im2col(
     cols
 }
 
-impl CustomOp1 for DenseConv {
-    fn name(&self) -> &'static str {
-        "rollcall-dense-conv"
-    }
+impl ResidualKernel for DenseConv {
+    const NAME: &'static str = "rollcall-dense-conv";
 
-    fn cpu_fwd(
+    fn forward(
         &self,
-        storage: &CpuStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        self.forward(input(storage, layout)?, layout, None)
-    }
-}
-
-/// A dense convolution whose output gets a residual tensor added before the activation:
-/// `act(conv(x) + bias + residual)`.
-pub struct WithResidual<'a>(pub &'a DenseConv);
-
-impl CustomOp2 for WithResidual<'_> {
-    fn name(&self) -> &'static str {
-        "rollcall-dense-conv-residual"
-    }
-
-    fn cpu_fwd(
-        &self,
-        x: &CpuStorage,
+        x: &[f32],
         x_layout: &Layout,
-        residual: &CpuStorage,
-        residual_layout: &Layout,
+        residual: Option<(&[f32], &Layout)>,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let residual = input(residual, residual_layout)?;
-        self.0.forward(
-            input(x, x_layout)?,
-            x_layout,
-            Some((residual, residual_layout)),
-        )
+        self.run(x, x_layout, residual)
     }
 }

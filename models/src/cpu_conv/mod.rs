@@ -22,12 +22,12 @@ mod pool;
 mod separable;
 mod stencil;
 
-pub use dense::{DenseConv, WithResidual};
+pub use dense::DenseConv;
 pub use depthwise::DepthwiseConv;
 pub use pool::MaxPool;
 pub use separable::Separable;
 
-use candle_core::{CpuStorage, Layout};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape};
 use rayon::prelude::*;
 
 /// Pointwise non-linearity applied after the bias (and the residual, if any).
@@ -146,6 +146,74 @@ impl Packed {
                 self.kernel
             ),
         }
+    }
+}
+
+/// A kernel that can add a residual tensor to its output before the activation.
+pub trait ResidualKernel {
+    /// The op's name in Candle.
+    const NAME: &'static str;
+
+    /// Runs the kernel on `x`, adding `residual` (of the output's shape) before the
+    /// activation when given.
+    fn forward(
+        &self,
+        x: &[f32],
+        x_layout: &Layout,
+        residual: Option<(&[f32], &Layout)>,
+    ) -> candle_core::Result<(CpuStorage, Shape)>;
+}
+
+/// A [`ResidualKernel`] as a Candle op: on one tensor (`apply_op1`), or on a tensor and the
+/// residual to add (`apply_op2`).
+pub struct Op<'a, K>(pub &'a K);
+
+impl<K: ResidualKernel> CustomOp1 for Op<'_, K> {
+    fn name(&self) -> &'static str {
+        K::NAME
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.0.forward(input(storage, layout)?, layout, None)
+    }
+}
+
+impl<K: ResidualKernel> CustomOp2 for Op<'_, K> {
+    fn name(&self) -> &'static str {
+        K::NAME
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_layout: &Layout,
+        residual: &CpuStorage,
+        residual_layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let residual = input(residual, residual_layout)?;
+        self.0.forward(
+            input(x, x_layout)?,
+            x_layout,
+            Some((residual, residual_layout)),
+        )
+    }
+}
+
+/// An error unless `residual` (if any) has the output's shape.
+fn check_residual(
+    residual: Option<(&[f32], &Layout)>,
+    out_shape: &Shape,
+) -> candle_core::Result<()> {
+    match residual {
+        Some((_, layout)) if layout.shape() != out_shape => candle_core::bail!(
+            "residual shape {:?} differs from the output {out_shape:?}",
+            layout.shape()
+        ),
+        _ => Ok(()),
     }
 }
 

@@ -3,11 +3,13 @@
 //! computed into a buffer small enough to stay in cache and multiplied by the pointwise filter
 //! from there, so the depthwise output is never written to memory and read back whole.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape};
+use candle_core::{CpuStorage, Layout, Shape};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::{input, nchw, DenseConv, DepthwiseConv, Geometry, PaddedPlanes};
+use super::{
+    check_residual, nchw, DenseConv, DepthwiseConv, Geometry, PaddedPlanes, ResidualKernel,
+};
 
 /// Padded input and depthwise output samples a band aims at: 192 KiB, inside L2.
 const BAND_SAMPLES: usize = 48 * 1024;
@@ -69,7 +71,7 @@ impl<'a> Separable<'a> {
 
     /// Runs the block on `x` (`[n, cin, h, w]`), adding `residual` (`[n, cout, oh, ow]`) before
     /// the pointwise activation when given.
-    fn forward(
+    fn run(
         &self,
         x: &[f32],
         x_layout: &Layout,
@@ -80,14 +82,7 @@ impl<'a> Separable<'a> {
         let (n, h, w) = nchw(x_layout, cin)?;
         let (geo, (oh, ow)) = self.depthwise.geometry(h, w)?;
         let out_shape = Shape::from((n, cout, oh, ow));
-        if let Some((_, layout)) = residual {
-            if layout.shape() != &out_shape {
-                candle_core::bail!(
-                    "residual shape {:?} differs from the output {out_shape:?}",
-                    layout.shape()
-                );
-            }
-        }
+        check_residual(residual, &out_shape)?;
         if oh * ow < FUSED_COLUMNS_PER_OUTPUT_CHANNEL * cout {
             let (hidden, shape) = self.depthwise.forward(x, x_layout)?;
             let CpuStorage::F32(hidden) = hidden else {
@@ -250,37 +245,15 @@ fn band_rows(
     }
 }
 
-impl CustomOp1 for Separable<'_> {
-    fn name(&self) -> &'static str {
-        "rollcall-separable-conv"
-    }
+impl ResidualKernel for Separable<'_> {
+    const NAME: &'static str = "rollcall-separable-conv";
 
-    fn cpu_fwd(
+    fn forward(
         &self,
-        storage: &CpuStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        self.forward(input(storage, layout)?, layout, None)
-    }
-}
-
-impl CustomOp2 for Separable<'_> {
-    fn name(&self) -> &'static str {
-        "rollcall-separable-conv-residual"
-    }
-
-    fn cpu_fwd(
-        &self,
-        x: &CpuStorage,
+        x: &[f32],
         x_layout: &Layout,
-        residual: &CpuStorage,
-        residual_layout: &Layout,
+        residual: Option<(&[f32], &Layout)>,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let residual = input(residual, residual_layout)?;
-        self.forward(
-            input(x, x_layout)?,
-            x_layout,
-            Some((residual, residual_layout)),
-        )
+        self.run(x, x_layout, residual)
     }
 }
