@@ -117,24 +117,21 @@ impl<'a> Separable<'a> {
                 output: (oh, ow),
                 rows,
             };
-            match split {
-                Split::Serial => {
-                    let mut scratch = new_scratch();
-                    for band in 0..bands {
-                        self.band(&image, band, &mut scratch, Parallelism::None);
-                    }
-                }
-                Split::Bands => (0..bands)
+            if split == Split::Bands {
+                (0..bands)
                     .into_par_iter()
                     .for_each_init(new_scratch, |scratch, band| {
                         self.band(&image, band, scratch, Parallelism::None)
-                    }),
-                Split::Inside => {
-                    let mut scratch = new_scratch();
-                    for band in 0..bands {
-                        self.band(&image, band, &mut scratch, Parallelism::Rayon(threads));
-                    }
-                }
+                    });
+                return;
+            }
+            let parallelism = match split {
+                Split::Inside => Parallelism::Rayon(threads),
+                _ => Parallelism::None,
+            };
+            let mut scratch = new_scratch();
+            for band in 0..bands {
+                self.band(&image, band, &mut scratch, parallelism);
             }
         };
         if split_images {
