@@ -48,52 +48,6 @@ impl DenseConv {
         &mut self.packed
     }
 
-    /// Runs the convolution on `x` (`[n, cin, h, w]`), adding `residual` (`[n, cout, oh, ow]`)
-    /// before the activation when given.
-    fn run(
-        &self,
-        x: &[f32],
-        x_layout: &Layout,
-        residual: Option<(&[f32], &Layout)>,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (n, h, w) = nchw(x_layout, self.cin)?;
-        let (geo, (oh, ow)) = self.packed.geometry(h, w)?;
-        let out_shape = Shape::from((n, self.cout, oh, ow));
-        check_residual(residual, &out_shape)?;
-        let (image_in, image_out) = (self.cin * h * w, self.cout * oh * ow);
-        let mut out = vec![0f32; n * image_out];
-        let threads = rayon::current_num_threads();
-        let run = |b: usize, dst: &mut [f32], parallelism: Parallelism| {
-            let image = Image {
-                x: &x[b * image_in..(b + 1) * image_in],
-                input: (h, w),
-                geo,
-                output: (oh, ow),
-                residual: residual.map(|(r, _)| &r[b * image_out..(b + 1) * image_out]),
-            };
-            if self.direct() {
-                self.direct_image(&image, dst, !matches!(parallelism, Parallelism::None));
-            } else {
-                self.gemm_image(&image, dst, parallelism);
-            }
-        };
-        if n >= threads && threads > 1 {
-            out.par_chunks_mut(image_out)
-                .enumerate()
-                .for_each(|(b, dst)| run(b, dst, Parallelism::None));
-        } else {
-            let parallelism = if threads > 1 {
-                Parallelism::Rayon(threads)
-            } else {
-                Parallelism::None
-            };
-            for (b, dst) in out.chunks_mut(image_out).enumerate() {
-                run(b, dst, parallelism);
-            }
-        }
-        Ok((CpuStorage::F32(out), out_shape))
-    }
-
     /// Whether this filter runs on the direct kernel.
     fn direct(&self) -> bool {
         let k = self.packed.kernel;
@@ -335,6 +289,41 @@ impl ResidualKernel for DenseConv {
         x_layout: &Layout,
         residual: Option<(&[f32], &Layout)>,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        self.run(x, x_layout, residual)
+        let (n, h, w) = nchw(x_layout, self.cin)?;
+        let (geo, (oh, ow)) = self.packed.geometry(h, w)?;
+        let out_shape = Shape::from((n, self.cout, oh, ow));
+        check_residual(residual, &out_shape)?;
+        let (image_in, image_out) = (self.cin * h * w, self.cout * oh * ow);
+        let mut out = vec![0f32; n * image_out];
+        let threads = rayon::current_num_threads();
+        let run = |b: usize, dst: &mut [f32], parallelism: Parallelism| {
+            let image = Image {
+                x: &x[b * image_in..(b + 1) * image_in],
+                input: (h, w),
+                geo,
+                output: (oh, ow),
+                residual: residual.map(|(r, _)| &r[b * image_out..(b + 1) * image_out]),
+            };
+            if self.direct() {
+                self.direct_image(&image, dst, !matches!(parallelism, Parallelism::None));
+            } else {
+                self.gemm_image(&image, dst, parallelism);
+            }
+        };
+        if n >= threads && threads > 1 {
+            out.par_chunks_mut(image_out)
+                .enumerate()
+                .for_each(|(b, dst)| run(b, dst, Parallelism::None));
+        } else {
+            let parallelism = if threads > 1 {
+                Parallelism::Rayon(threads)
+            } else {
+                Parallelism::None
+            };
+            for (b, dst) in out.chunks_mut(image_out).enumerate() {
+                run(b, dst, parallelism);
+            }
+        }
+        Ok((CpuStorage::F32(out), out_shape))
     }
 }

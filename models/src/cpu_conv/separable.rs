@@ -69,88 +69,6 @@ impl<'a> Separable<'a> {
             })
     }
 
-    /// Runs the block on `x` (`[n, cin, h, w]`), adding `residual` (`[n, cout, oh, ow]`) before
-    /// the pointwise activation when given.
-    fn run(
-        &self,
-        x: &[f32],
-        x_layout: &Layout,
-        residual: Option<(&[f32], &Layout)>,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let cin = self.depthwise.channels();
-        let cout = self.pointwise.cout();
-        let (n, h, w) = nchw(x_layout, cin)?;
-        let (geo, (oh, ow)) = self.depthwise.geometry(h, w)?;
-        let out_shape = Shape::from((n, cout, oh, ow));
-        check_residual(residual, &out_shape)?;
-        if oh * ow < FUSED_COLUMNS_PER_OUTPUT_CHANNEL * cout {
-            let (hidden, shape) = self.depthwise.forward(x, x_layout)?;
-            let CpuStorage::F32(hidden) = hidden else {
-                unreachable!("the depthwise kernel writes f32")
-            };
-            return self
-                .pointwise
-                .forward(&hidden, &Layout::contiguous(shape), residual);
-        }
-        let threads = rayon::current_num_threads();
-        let split_images = threads == 1 || n >= threads;
-        let rows = band_rows(
-            (cin, cout, w),
-            (oh, ow),
-            geo,
-            if split_images { 1 } else { threads },
-        );
-        let bands = oh.div_ceil(rows);
-        let (image_in, image_out) = (cin * h * w, cout * oh * ow);
-        let mut out = vec![0f32; n * image_out];
-        let new_scratch = || Scratch {
-            padded: PaddedPlanes::for_output_rows(cin, rows, w, geo),
-            columns: Vec::new(),
-            row: Vec::new(),
-        };
-        let image = |b: usize, dst: &mut [f32], split: Split| {
-            let image = Image {
-                x: &x[b * image_in..(b + 1) * image_in],
-                h,
-                residual: residual.map(|(r, _)| &r[b * image_out..(b + 1) * image_out]),
-                out: Output(dst.as_mut_ptr()),
-                output: (oh, ow),
-                rows,
-            };
-            if split == Split::Bands {
-                (0..bands)
-                    .into_par_iter()
-                    .for_each_init(new_scratch, |scratch, band| {
-                        self.band(&image, band, scratch, Parallelism::None)
-                    });
-                return;
-            }
-            let parallelism = match split {
-                Split::Inside => Parallelism::Rayon(threads),
-                _ => Parallelism::None,
-            };
-            let mut scratch = new_scratch();
-            for band in 0..bands {
-                self.band(&image, band, &mut scratch, parallelism);
-            }
-        };
-        if split_images {
-            out.par_chunks_mut(image_out)
-                .enumerate()
-                .for_each(|(b, dst)| image(b, dst, Split::Serial));
-        } else {
-            let split = if bands >= threads {
-                Split::Bands
-            } else {
-                Split::Inside
-            };
-            for (b, dst) in out.chunks_mut(image_out).enumerate() {
-                image(b, dst, split);
-            }
-        }
-        Ok((CpuStorage::F32(out), out_shape))
-    }
-
     /// Output rows `band * rows..` of one image: the band's input rows padded, the depthwise
     /// output of every channel into the scratch buffer (planes and channels in parallel unless
     /// `parallelism` is `None`), then the pointwise gemm from there into the band's columns of
@@ -251,6 +169,77 @@ impl ResidualKernel for Separable<'_> {
         x_layout: &Layout,
         residual: Option<(&[f32], &Layout)>,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        self.run(x, x_layout, residual)
+        let cin = self.depthwise.channels();
+        let cout = self.pointwise.cout();
+        let (n, h, w) = nchw(x_layout, cin)?;
+        let (geo, (oh, ow)) = self.depthwise.geometry(h, w)?;
+        let out_shape = Shape::from((n, cout, oh, ow));
+        check_residual(residual, &out_shape)?;
+        if oh * ow < FUSED_COLUMNS_PER_OUTPUT_CHANNEL * cout {
+            let (hidden, shape) = self.depthwise.forward(x, x_layout)?;
+            let CpuStorage::F32(hidden) = hidden else {
+                unreachable!("the depthwise kernel writes f32")
+            };
+            return self
+                .pointwise
+                .forward(&hidden, &Layout::contiguous(shape), residual);
+        }
+        let threads = rayon::current_num_threads();
+        let split_images = threads == 1 || n >= threads;
+        let rows = band_rows(
+            (cin, cout, w),
+            (oh, ow),
+            geo,
+            if split_images { 1 } else { threads },
+        );
+        let bands = oh.div_ceil(rows);
+        let (image_in, image_out) = (cin * h * w, cout * oh * ow);
+        let mut out = vec![0f32; n * image_out];
+        let new_scratch = || Scratch {
+            padded: PaddedPlanes::for_output_rows(cin, rows, w, geo),
+            columns: Vec::new(),
+            row: Vec::new(),
+        };
+        let image = |b: usize, dst: &mut [f32], split: Split| {
+            let image = Image {
+                x: &x[b * image_in..(b + 1) * image_in],
+                h,
+                residual: residual.map(|(r, _)| &r[b * image_out..(b + 1) * image_out]),
+                out: Output(dst.as_mut_ptr()),
+                output: (oh, ow),
+                rows,
+            };
+            if split == Split::Bands {
+                (0..bands)
+                    .into_par_iter()
+                    .for_each_init(new_scratch, |scratch, band| {
+                        self.band(&image, band, scratch, Parallelism::None)
+                    });
+                return;
+            }
+            let parallelism = match split {
+                Split::Inside => Parallelism::Rayon(threads),
+                _ => Parallelism::None,
+            };
+            let mut scratch = new_scratch();
+            for band in 0..bands {
+                self.band(&image, band, &mut scratch, parallelism);
+            }
+        };
+        if split_images {
+            out.par_chunks_mut(image_out)
+                .enumerate()
+                .for_each(|(b, dst)| image(b, dst, Split::Serial));
+        } else {
+            let split = if bands >= threads {
+                Split::Bands
+            } else {
+                Split::Inside
+            };
+            for (b, dst) in out.chunks_mut(image_out).enumerate() {
+                image(b, dst, split);
+            }
+        }
+        Ok((CpuStorage::F32(out), out_shape))
     }
 }
