@@ -5,6 +5,7 @@
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::batch::image_by_image;
 use crate::detection::FaceBox;
 use crate::error::{ModelError, Result};
 use crate::layers::{Activation, Conv, Padding, SeparableConv};
@@ -152,15 +153,18 @@ impl FaceLandmark68Net {
 
     /// x: `[n, 3, 112, 112]` raw pixels 0..255 → `[n, 136]` interleaved `x, y` relative to the
     /// input, as face-api's `forwardInput` returns for a 112x112 input (no padding correction).
+    /// On the CPU each image runs through the whole network on its own, the images in parallel.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut out = (x.broadcast_sub(&self.mean)? / 255.0)?;
-        for block in &self.dense {
-            out = block.forward(&out)?;
-        }
-        let features = out.avg_pool2d_with_stride(7, 2)?.flatten_from(1)?;
-        Ok(features
-            .matmul(&self.fc_weight)?
-            .broadcast_add(&self.fc_bias)?)
+        image_by_image(x, |x| {
+            let mut out = (x.broadcast_sub(&self.mean)? / 255.0)?;
+            for block in &self.dense {
+                out = block.forward(&out)?;
+            }
+            let features = out.avg_pool2d_with_stride(7, 2)?.flatten_from(1)?;
+            Ok(features
+                .matmul(&self.fc_weight)?
+                .broadcast_add(&self.fc_bias)?)
+        })
     }
 
     /// For each (image, detection box): face-api's crop ([`FaceBox::clip_floor`]), centred

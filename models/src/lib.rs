@@ -3,6 +3,7 @@
 //! their weight loader, preprocessing, alignment and a batched pipeline.
 
 pub mod align;
+mod batch;
 pub mod cpu_conv;
 pub mod detection;
 pub mod dlib_weights;

@@ -4,7 +4,9 @@
 //! (`Output/extra_dim`), followed by face-api's greedy NMS and mapping back to image pixels.
 
 use candle_core::{Device, Tensor, D};
+use rayon::prelude::*;
 
+use crate::batch::image_by_image;
 use crate::detection::{non_max_suppression, Detection, FaceBox};
 use crate::error::Result;
 use crate::layers::{Activation, Conv, Padding, SeparableConv};
@@ -310,11 +312,14 @@ impl SsdMobilenetV1 {
 
     /// x: [n, 3, 512, 512] raw pixel values 0..255 (the net normalises x/127.5 - 1 itself).
     /// Returns (boxes [n, 5118, 4] as relative [top, left, bottom, right], scores [n, 5118]) like face-api's outputLayer.
+    /// On the CPU each image runs through the whole network on its own, the images in parallel.
     pub fn forward(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
-        let x = ((x / 127.5)? - 1.0)?;
-        let (out, conv11) = self.mobilenet.forward(&x)?;
-        let (boxes, classes) = self.prediction.forward(&out, &conv11)?;
-        self.output.forward(&boxes, &classes)
+        image_by_image(x, |x| {
+            let x = ((x / 127.5)? - 1.0)?;
+            let (out, conv11) = self.mobilenet.forward(&x)?;
+            let (boxes, classes) = self.prediction.forward(&out, &conv11)?;
+            self.output.forward(&boxes, &classes)
+        })
     }
 
     /// face-api's locateFaces for a batch: each image padToSquare(centered = false) + resize_bilinear to 512,
@@ -331,7 +336,7 @@ impl SsdMobilenetV1 {
         }
         let size = Self::INPUT_SIZE;
         let inputs: Vec<FloatImage> = images
-            .iter()
+            .par_iter()
             .map(|img| img.pad_to_square(false).resize_bilinear(size, size))
             .collect();
         let (boxes, scores) = self.forward(&to_batch_tensor(&inputs, &self.device)?)?;

@@ -2,7 +2,9 @@
 //! (`tinyFaceDetector/` + `tinyYolov2/TinyYolov2Base.ts`), with its box decoding and NMS.
 
 use candle_core::{Device, Tensor};
+use rayon::prelude::*;
 
+use crate::batch::image_by_image;
 use crate::detection::{non_max_suppression, Detection, FaceBox};
 use crate::error::{ModelError, Result};
 use crate::layers::{max_pool, Activation, Conv, Padding, SeparableConv};
@@ -89,16 +91,20 @@ impl TinyFaceDetector {
 
     /// x: `[n, 3, s, s]` raw pixels 0..255 (s a multiple of 32). Returns the raw head output
     /// `[n, 25, s/32, s/32]`; channel `5 * anchor + k` holds `x, y, w, h, score` logits.
+    /// On the CPU each image runs through the whole network on its own, the images in parallel.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut out = max_pool(&self.conv0.run(x)?, 2, 2, Padding::Same)?;
-        let last = self.separable.len() - 1;
-        for (i, conv) in self.separable.iter().enumerate() {
-            // face-api pads by 1 and runs a `valid` conv: the same as TF `same` for 3x3, stride 1.
-            out = conv.run(&out)?;
-            let stride = if i == last { 1 } else { 2 };
-            out = max_pool(&out, 2, stride, Padding::Same)?;
-        }
-        self.conv8.run(&out)
+        image_by_image(x, |x| {
+            let mut out = max_pool(&self.conv0.run(x)?, 2, 2, Padding::Same)?;
+            let last = self.separable.len() - 1;
+            for (i, conv) in self.separable.iter().enumerate() {
+                // face-api pads by 1 and runs a `valid` conv: the same as TF `same` for 3x3,
+                // stride 1.
+                out = conv.run(&out)?;
+                let stride = if i == last { 1 } else { 2 };
+                out = max_pool(&out, 2, stride, Padding::Same)?;
+            }
+            self.conv8.run(&out)
+        })
     }
 
     /// ONE batched forward at `input_size` over all images (each padded to a square at the
@@ -119,7 +125,7 @@ impl TinyFaceDetector {
             return Ok(Vec::new());
         }
         let batch = images
-            .iter()
+            .par_iter()
             .map(|img| {
                 if img.width == 0 || img.height == 0 {
                     return Err(ModelError::InvalidInput("empty image".into()));
