@@ -5,7 +5,7 @@
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::batch::image_by_image;
+use crate::batch::{self, CpuBatch};
 use crate::detection::FaceBox;
 use crate::error::{ModelError, Result};
 use crate::layers::{Activation, Conv, Padding, SeparableConv};
@@ -155,7 +155,7 @@ impl FaceLandmark68Net {
     /// input, as face-api's `forwardInput` returns for a 112x112 input (no padding correction).
     /// On the CPU each image runs through the whole network on its own, the images in parallel.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        image_by_image(x, |x| {
+        batch::run(x, CpuBatch::ImageByImage, |x| {
             let mut out = (x.broadcast_sub(&self.mean)? / 255.0)?;
             for block in &self.dense {
                 out = block.forward(&out)?;

@@ -4,6 +4,7 @@
 
 use candle_core::{Device, Tensor, D};
 
+use crate::batch::{self, CpuBatch};
 use crate::error::{ModelError, Result};
 use crate::layers::{max_pool, Activation, Conv, Padding};
 use crate::preprocess::{to_batch_tensor, FloatImage};
@@ -170,15 +171,19 @@ impl FaceRecognitionNet {
 
     /// `x`: `[n, 3, 150, 150]` raw pixels `0..=255` → `[n, 128]` raw (unnormalised)
     /// descriptors, as face-api's `computeFaceDescriptor` returns them.
+    /// The batch runs whole, layer by layer (image by image measured slower: its convolutions
+    /// multiply the whole batch at once).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = (x.broadcast_sub(&self.mean)? / 255.0)?;
-        let mut out = self.conv32_down.run(&x)?;
-        out = max_pool(&out, 3, 2, Padding::Valid)?;
-        for block in &self.blocks {
-            out = block.forward(&out)?;
-        }
-        let global_avg = out.mean((2, 3))?;
-        Ok(global_avg.matmul(&self.fc)?)
+        batch::run(x, CpuBatch::Whole, |x| {
+            let x = (x.broadcast_sub(&self.mean)? / 255.0)?;
+            let mut out = self.conv32_down.run(&x)?;
+            out = max_pool(&out, 3, 2, Padding::Valid)?;
+            for block in &self.blocks {
+                out = block.forward(&out)?;
+            }
+            let global_avg = out.mean((2, 3))?;
+            Ok(global_avg.matmul(&self.fc)?)
+        })
     }
 
     /// Face images of any size → padded to square (centred, as face-api's

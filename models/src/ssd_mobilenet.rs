@@ -6,7 +6,7 @@
 use candle_core::{Device, Tensor, D};
 use rayon::prelude::*;
 
-use crate::batch::image_by_image;
+use crate::batch::{self, CpuBatch};
 use crate::detection::{non_max_suppression, Detection, FaceBox};
 use crate::error::Result;
 use crate::layers::{Activation, Conv, Padding, SeparableConv};
@@ -314,7 +314,7 @@ impl SsdMobilenetV1 {
     /// Returns (boxes [n, 5118, 4] as relative [top, left, bottom, right], scores [n, 5118]) like face-api's outputLayer.
     /// On the CPU each image runs through the whole network on its own, the images in parallel.
     pub fn forward(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
-        image_by_image(x, |x| {
+        batch::run(x, CpuBatch::ImageByImage, |x| {
             let x = ((x / 127.5)? - 1.0)?;
             let (out, conv11) = self.mobilenet.forward(&x)?;
             let (boxes, classes) = self.prediction.forward(&out, &conv11)?;

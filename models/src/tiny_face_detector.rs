@@ -4,7 +4,7 @@
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
-use crate::batch::image_by_image;
+use crate::batch::{self, CpuBatch};
 use crate::detection::{non_max_suppression, Detection, FaceBox};
 use crate::error::{ModelError, Result};
 use crate::layers::{max_pool, Activation, Conv, Padding, SeparableConv};
@@ -93,7 +93,7 @@ impl TinyFaceDetector {
     /// `[n, 25, s/32, s/32]`; channel `5 * anchor + k` holds `x, y, w, h, score` logits.
     /// On the CPU each image runs through the whole network on its own, the images in parallel.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        image_by_image(x, |x| {
+        batch::run(x, CpuBatch::ImageByImage, |x| {
             let mut out = max_pool(&self.conv0.run(x)?, 2, 2, Padding::Same)?;
             let last = self.separable.len() - 1;
             for (i, conv) in self.separable.iter().enumerate() {
