@@ -4,7 +4,8 @@
 //! stores once; [`stream_row`] makes one pass over a single channel's row per tap.
 //!
 //! On x86-64 [`row`] also has AVX-512 and AVX2 + FMA builds, and [`stream_row`] an AVX2 + FMA
-//! build; the widest the CPU has is picked at run time. Elsewhere the baseline build runs.
+//! build (with AVX-512 it runs the register-blocked [`row`]); the widest the CPU has is picked
+//! at run time. Elsewhere the baseline build runs.
 
 use super::Activation;
 
@@ -250,9 +251,11 @@ fn block<const C: usize, const N: usize, const FMA: bool>(
     }
 }
 
-/// One single-channel output row by streaming: `out = act(bias + Σ_t taps[t] · srcs[t])`, one
-/// pass over the row per tap (the row stays in L1). For depthwise filters this measured ~20%
-/// faster than the register-blocked [`row`] (3×3, 128 channels at 128², stride 1).
+/// One single-channel output row (a depthwise filter's): `out = act(bias + Σ_t taps[t] ·
+/// srcs[t])`. With AVX-512 this is the register-blocked [`row`] (its masked tails cost
+/// nothing; measured 38 against 26 GFLOP/s streaming, 3×3, 128 channels at 128², stride 1).
+/// Otherwise it streams, one pass over the row per tap (the row stays in L1): with AVX2 this
+/// measured ~20% faster than [`row`], whose tails go pixel by pixel.
 pub fn stream_row(
     srcs: &[&[f32]],
     taps: &[f32],
@@ -260,6 +263,16 @@ pub fn stream_row(
     activation: Activation,
     out: &mut [f32],
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: `[f32; 1]` has the layout of `f32`, so the slice is the same memory.
+        let weights: &[[f32; 1]] =
+            unsafe { std::slice::from_raw_parts(taps.as_ptr().cast(), taps.len()) };
+        let width = out.len();
+        // SAFETY: the CPU has the feature `avx512::row` is compiled for.
+        unsafe { avx512::row::<1>(srcs, weights, [bias], activation, (out, 0, width)) };
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU has the features `stream_row_fma` is compiled for.
