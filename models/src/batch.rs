@@ -6,9 +6,9 @@
 //! whole network in one go keeps them in L2, and rayon still spreads each image's layers over
 //! threads that have no image of their own. Measured on the 2-core machine (per image, layer
 //! by layer → image by image): landmarks at batch 8 1.9 → 1.6 ms, TinyFaceDetector 416 at
-//! batch 4 10.6 → 5.5 ms. SSD (whose 512² activations outgrow L2 either way) gains nothing at
-//! batch 8, and the embedding ResNet loses (7.4 → 8.0 ms at batch 8): it runs
-//! [`CpuBatch::Whole`].
+//! batch 4 10.6 → 5.5 ms, SSD at batch 2 90 → 75 ms (its 512² activations outgrow L2 either
+//! way, and at batch 8 it gains nothing). The embedding ResNet loses (7.4 → 8.0 ms at batch
+//! 8): it runs [`CpuBatch::Whole`].
 
 use candle_core::Tensor;
 use rayon::prelude::*;
