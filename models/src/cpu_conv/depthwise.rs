@@ -1,6 +1,6 @@
-//! Depthwise convolutions (one filter per channel): [`stencil::stream_row`] over each
+//! Depthwise convolutions (one filter per channel): [`stencil::depthwise_row`] over each
 //! channel plane, zero-padded and phased once, with the bias and activation fused. At stride 1
-//! bands of rows are one long row each (a single pass per tap); strided planes go row by row.
+//! bands of rows are one long row each (one call per band); strided planes go row by row.
 //! [`super::Separable`] runs the same rows band by band, straight into a pointwise conv.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
@@ -73,9 +73,10 @@ impl DepthwiseConv {
     }
 
     /// Output rows `oy0..oy0 + dst.len() / ow` of channel `c`, read from plane `c % planes`
-    /// of `padded`. At stride 1 bands of rows are one long row each (a single pass per tap
-    /// over a band small enough to stay in L1), each output row computed over the padded
-    /// width into `scratch`, then the samples past `ow` dropped; strided planes go row by row.
+    /// of `padded`. At stride 1 bands of rows are one long row each (one
+    /// [`stencil::depthwise_row`] over a band small enough to stay in L1), each output row
+    /// computed over the padded width into `scratch`, then the samples past `ow` dropped;
+    /// strided planes go row by row.
     pub(super) fn channel_rows(
         &self,
         padded: &PaddedPlanes,
@@ -99,7 +100,7 @@ impl DepthwiseConv {
                 let rows = dst.len() / ow;
                 scratch.resize((rows - 1) * pw + ow, 0.0);
                 padded.plane_taps(plane, oy0 + b * band, &mut srcs);
-                stencil::stream_row(&srcs, weight, bias, activation, scratch);
+                stencil::depthwise_row(&srcs, weight, bias, activation, scratch);
                 for (row, src) in dst.chunks_mut(ow).zip(scratch.chunks(pw)) {
                     row.copy_from_slice(&src[..ow]);
                 }
@@ -107,7 +108,7 @@ impl DepthwiseConv {
         } else {
             for (r, row) in dst.chunks_mut(ow).enumerate() {
                 padded.tap_rows(plane..plane + 1, oy0 + r, &mut srcs);
-                stencil::stream_row(&srcs, weight, bias, activation, row);
+                stencil::depthwise_row(&srcs, weight, bias, activation, row);
             }
         }
     }

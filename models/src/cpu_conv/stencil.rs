@@ -1,11 +1,12 @@
 //! The direct kernels for convolutions with few taps per output (the 3-channel first layers,
 //! depthwise filters): each output is `bias + Σ_t w_t · src_t[x]` over a handful of source
 //! rows. [`row`] accumulates in registers for `C` output channels × `W` pixels at a time and
-//! stores once; [`stream_row`] makes one pass over a single channel's row per tap.
+//! stores once; [`depthwise_row`] computes a single channel's row (register-blocked with
+//! AVX-512, otherwise one streaming pass per tap).
 //!
-//! On x86-64 [`row`] also has AVX-512 and AVX2 + FMA builds, and [`stream_row`] an AVX2 + FMA
-//! build (with AVX-512 it runs the register-blocked [`row`]); the widest the CPU has is picked
-//! at run time. Elsewhere the baseline build runs.
+//! On x86-64 [`row`] also has AVX-512 and AVX2 + FMA builds, and [`depthwise_row`] its AVX-512
+//! [`row`] and an AVX2 + FMA streaming build; the widest the CPU has is picked at run time.
+//! Elsewhere the baseline build runs.
 
 use super::Activation;
 
@@ -256,7 +257,7 @@ fn block<const C: usize, const N: usize, const FMA: bool>(
 /// nothing; measured 38 against 26 GFLOP/s streaming, 3×3, 128 channels at 128², stride 1).
 /// Otherwise it streams, one pass over the row per tap (the row stays in L1): with AVX2 this
 /// measured ~20% faster than [`row`], whose tails go pixel by pixel.
-pub fn stream_row(
+pub fn depthwise_row(
     srcs: &[&[f32]],
     taps: &[f32],
     bias: f32,
@@ -282,7 +283,7 @@ pub fn stream_row(
     stream_row_with::<false>(srcs, taps, bias, activation, out);
 }
 
-/// [`stream_row`] compiled for AVX2 + FMA.
+/// [`depthwise_row`]'s streaming body compiled for AVX2 + FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn stream_row_fma(
@@ -295,7 +296,8 @@ unsafe fn stream_row_fma(
     stream_row_with::<true>(srcs, taps, bias, activation, out);
 }
 
-/// The body of [`stream_row`], with or without fused multiply-adds.
+/// [`depthwise_row`] by streaming, one pass over the row per tap, with or without fused
+/// multiply-adds.
 #[inline(always)]
 fn stream_row_with<const FMA: bool>(
     srcs: &[&[f32]],
