@@ -696,6 +696,10 @@ mod tests {
             // More output channels than positions: split by channel blocks.
             (1, 40, 48, 4, 5, 3, 1, Padding::Same),
             (1, 24, 36, 7, 6, 3, 2, Padding::Same),
+            // At least 1024 output columns: the AVX-512 panel kernel where the CPU has it.
+            (1, 24, 20, 33, 35, 1, 1, Padding::Valid),
+            (2, 9, 13, 40, 31, 3, 1, Padding::Same),
+            (1, 10, 11, 70, 66, 3, 2, Padding::Same),
             // Few taps per output (first layers): the direct kernel, in blocks of four
             // channels plus single channels, across wide, blocked and leftover columns.
             (1, 3, 32, 31, 45, 3, 2, Padding::Same),

@@ -5,6 +5,8 @@ use candle_core::{CpuStorage, Layout, Shape};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+use super::panel_gemm;
 use super::{
     check_residual, nchw, stencil, stencil::single_channel, Activation, Geometry, Packed,
     PaddedPlanes, PaddingFn, Phased, ResidualKernel,
@@ -24,6 +26,10 @@ pub struct DenseConv {
     packed: Packed,
     cin: usize,
     cout: usize,
+    /// The filter packed for the AVX-512 matrix product, on first use (after any folding);
+    /// `None` inside when the CPU lacks AVX-512.
+    #[cfg(target_arch = "x86_64")]
+    panels: std::sync::OnceLock<Option<panel_gemm::Panels>>,
 }
 
 impl DenseConv {
@@ -40,11 +46,17 @@ impl DenseConv {
             packed: Packed::new(weight, bias, cout, kernel, stride, padding),
             cin,
             cout,
+            #[cfg(target_arch = "x86_64")]
+            panels: std::sync::OnceLock::new(),
         }
     }
 
     /// The packed filter, bias and activation.
     pub fn packed_mut(&mut self) -> &mut Packed {
+        #[cfg(target_arch = "x86_64")]
+        {
+            self.panels = std::sync::OnceLock::new();
+        }
         &mut self.packed
     }
 
@@ -100,6 +112,8 @@ impl DenseConv {
     /// `dst = act(W · cols + bias [+ residual])` for `n` output columns: `cols` is the
     /// `cin·k·k × n` column matrix, `dst` (`(pointer, n, row stride)`) the `cout` rows of `n`
     /// outputs spaced `row stride` apart, and `residual` laid out like `dst` from its start.
+    /// Runs on [`panel_gemm`] where the CPU has AVX-512 and there are at least
+    /// [`panel_gemm::MIN_COLUMNS`] columns, on `gemm` otherwise.
     ///
     /// # Safety
     /// `dst` must be valid for reads and writes of `cout` rows of `n` samples spaced
@@ -111,6 +125,25 @@ impl DenseConv {
         residual: Option<&[f32]>,
         parallelism: Parallelism,
     ) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(panels) = self
+            .panels
+            .get_or_init(|| panel_gemm::Panels::new(&self.packed.weight, &self.packed.bias))
+            .as_ref()
+            .filter(|_| n >= panel_gemm::MIN_COLUMNS)
+        {
+            // SAFETY: the caller's contract is the one `Panels::run` asks for.
+            unsafe {
+                panels.run(
+                    cols,
+                    (dst, n, stride),
+                    residual,
+                    self.packed.activation,
+                    parallelism,
+                )
+            };
+            return;
+        }
         let (m, depth) = (self.cout, self.packed.weight.len() / self.cout);
         debug_assert!(cols.len() >= depth * n);
         // SAFETY: row `c` of `dst` is valid and exclusively ours (the caller's contract).

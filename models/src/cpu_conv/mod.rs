@@ -2,10 +2,12 @@
 //! tensors end to end.
 //!
 //! - Dense convolutions ([`DenseConv`]): im2col (skipped for 1×1 stride-1 filters) and one
-//!   `gemm` per image into an output pre-filled with the bias (and the residual branch, when
-//!   there is one), so bias and residual cost no extra pass; the activation runs over each
-//!   image's output while it is still in cache. Filters with few taps (the 3-channel first
-//!   layers) run on the direct [`stencil`] kernel instead, where gemm's packing would dominate.
+//!   matrix product per image. With AVX-512 and at least [`panel_gemm::MIN_COLUMNS`] output
+//!   columns that is the [`panel_gemm`] kernel, which seeds its registers with the bias (and
+//!   residual) and applies the activation before its one store; otherwise `gemm` into an output pre-filled with the bias (and the residual branch,
+//!   when there is one), the activation running over each image's output while it is still in
+//!   cache. Filters with few taps (the 3-channel first layers) run on the direct [`stencil`]
+//!   kernel instead, where packing the columns would dominate.
 //! - Depthwise convolutions ([`DepthwiseConv`]): the direct [`stencil`] kernel per channel
 //!   plane, with the bias and activation fused.
 //! - Depthwise-separable blocks ([`Separable`]): the two above fused, a band of output rows at
@@ -14,10 +16,12 @@
 //!
 //! Weights are packed once, when a layer is built. Both kernels use every Rayon thread: across
 //! images when the batch has at least as many images as threads, inside each image otherwise
-//! (gemm's own threading, channel blocks or planes for the direct kernel).
+//! (column tiles for the matrix product, channel blocks or planes for the direct kernel).
 
 mod dense;
 mod depthwise;
+#[cfg(target_arch = "x86_64")]
+mod panel_gemm;
 mod pool;
 mod separable;
 mod stencil;
@@ -53,6 +57,48 @@ impl Activation {
             Self::Relu6 => xs.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0)),
             Self::Leaky(slope) => xs.iter_mut().for_each(|v| *v = v.max(*v * slope)),
         }
+    }
+
+    /// The activation as `min(max(x, slope · x), ceiling)`, `(slope, ceiling)`: the form a
+    /// vector kernel applies without branching on the kind.
+    #[cfg(target_arch = "x86_64")]
+    fn slope_ceiling(self) -> (f32, f32) {
+        match self {
+            Self::Identity => (1.0, f32::INFINITY),
+            Self::Relu => (0.0, f32::INFINITY),
+            Self::Relu6 => (0.0, 6.0),
+            Self::Leaky(slope) => (slope, f32::INFINITY),
+        }
+    }
+
+    /// Applies the activation to a vector register.
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn apply_512(self, a: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        let zero = _mm512_setzero_ps();
+        match self {
+            Self::Identity => a,
+            Self::Relu => _mm512_max_ps(a, zero),
+            Self::Relu6 => _mm512_min_ps(_mm512_max_ps(a, zero), _mm512_set1_ps(6.0)),
+            Self::Leaky(slope) => _mm512_max_ps(a, _mm512_mul_ps(a, _mm512_set1_ps(slope))),
+        }
+    }
+}
+
+/// An output buffer that several threads write disjoint parts of.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+
+// SAFETY: whoever shares one writes disjoint samples from each thread.
+unsafe impl Send for SharedOut {}
+// SAFETY: as above.
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    fn ptr(self) -> *mut f32 {
+        self.0
     }
 }
 

@@ -9,6 +9,7 @@ use rayon::prelude::*;
 
 use super::{
     check_residual, nchw, DenseConv, DepthwiseConv, Geometry, PaddedPlanes, ResidualKernel,
+    SharedOut,
 };
 
 /// Padded input and depthwise output samples a band aims at: 192 KiB, inside L2.
@@ -29,21 +30,6 @@ const FUSED_COLUMNS_PER_OUTPUT_CHANNEL: usize = 16;
 pub struct Separable<'a> {
     depthwise: &'a DepthwiseConv,
     pointwise: &'a DenseConv,
-}
-
-/// Where one image's output lives while bands are written into it from several threads.
-#[derive(Clone, Copy)]
-struct Output(*mut f32);
-
-// SAFETY: bands write disjoint columns of the output (see `Separable::band`).
-unsafe impl Send for Output {}
-// SAFETY: as above.
-unsafe impl Sync for Output {}
-
-impl Output {
-    fn ptr(self) -> *mut f32 {
-        self.0
-    }
 }
 
 /// How one image's bands share the threads.
@@ -119,7 +105,7 @@ struct Image<'a> {
     x: &'a [f32],
     h: usize,
     residual: Option<&'a [f32]>,
-    out: Output,
+    out: SharedOut,
     output: (usize, usize),
     rows: usize,
 }
@@ -205,7 +191,7 @@ impl ResidualKernel for Separable<'_> {
                 x: &x[b * image_in..(b + 1) * image_in],
                 h,
                 residual: residual.map(|(r, _)| &r[b * image_out..(b + 1) * image_out]),
-                out: Output(dst.as_mut_ptr()),
+                out: SharedOut(dst.as_mut_ptr()),
                 output: (oh, ow),
                 rows,
             };

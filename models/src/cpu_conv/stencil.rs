@@ -192,22 +192,10 @@ mod avx512 {
                     _mm512_mask_storeu_ps(
                         dst.as_mut_ptr().add(16 * v),
                         mask(v),
-                        activate(a, activation),
+                        activation.apply_512(a),
                     )
                 };
             }
-        }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    fn activate(a: __m512, activation: Activation) -> __m512 {
-        let zero = _mm512_setzero_ps();
-        match activation {
-            Activation::Identity => a,
-            Activation::Relu => _mm512_max_ps(a, zero),
-            Activation::Relu6 => _mm512_min_ps(_mm512_max_ps(a, zero), _mm512_set1_ps(6.0)),
-            Activation::Leaky(slope) => _mm512_max_ps(a, _mm512_mul_ps(a, _mm512_set1_ps(slope))),
         }
     }
 }
