@@ -696,7 +696,7 @@ mod tests {
             // More output channels than positions: split by channel blocks.
             (1, 40, 48, 4, 5, 3, 1, Padding::Same),
             (1, 24, 36, 7, 6, 3, 2, Padding::Same),
-            // At least 1024 output columns: the AVX-512 panel kernel where the CPU has it.
+            // At least 384 output columns: the AVX-512 panel kernel where the CPU has it.
             (1, 24, 20, 33, 35, 1, 1, Padding::Valid),
             (2, 9, 13, 40, 31, 3, 1, Padding::Same),
             (1, 10, 11, 70, 66, 3, 2, Padding::Same),

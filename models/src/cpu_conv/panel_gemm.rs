@@ -17,13 +17,13 @@ use rayon::prelude::*;
 
 use super::{Activation, SharedOut};
 
-/// Fewest output columns worth this kernel (the caller keeps `gemm` below). Measured with
-/// `kernels` on an AVX-512 AMD EPYC, alternated three times against `gemm`: 1×1 64 → 128 at
-/// 128² (16384 columns) 113–145 against 89–103 GFLOP/s, 512 → 512 at 32² (1024) and the
-/// ResNet's 3×3 at 35² (1225) level; 1024 → 1024 at 16² (256) 172–180 against 182–200, and
-/// the ResNet's 3×3 at 8² and 4² (64 and 16 columns, mostly idle lanes in a 48-column tile)
-/// 101 and 62 against 149 and 152, as were the 128-column bands of fused separable blocks.
-pub const MIN_COLUMNS: usize = 1024;
+/// Fewest output columns worth this kernel, 8 full tiles (the caller keeps `gemm` below).
+/// Measured with `kernels` on an AVX-512 AMD EPYC, alternated against `gemm`: 1×1 64 → 128 at
+/// 128² (16384 columns) 97–145 against 76–103 GFLOP/s in five runs, 512 → 512 at 32² (1024)
+/// and the ResNet's 3×3 at 35² (1225) level; 1024 → 1024 at 16² (256 columns) 5–10% behind,
+/// and the ResNet's 3×3 at 8² and 4² (64 and 16 columns, mostly idle lanes in a 48-column
+/// tile) 101 and 62 against 149 and 152. Fused separable blocks run bands this wide on it.
+pub const MIN_COLUMNS: usize = 384;
 
 /// Output channels per filter panel (one broadcast each per inner step).
 pub const ROWS: usize = 8;
@@ -36,6 +36,11 @@ const COLUMNS: usize = 16 * VECTORS;
 
 /// Most inner steps packed at once: a `MAX_DEPTH × COLUMNS` tile is 72 KiB, inside L2.
 const MAX_DEPTH: usize = 384;
+
+/// Whether this CPU runs the kernel (AVX-512F).
+pub fn available() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+}
 
 /// A filter packed for [`Panels::run`], with its bias padded to whole panels.
 #[derive(Debug, Clone)]
@@ -68,7 +73,7 @@ impl Panels {
     /// Packs a row-major `m × depth` filter and its `m` biases; `None` without AVX-512F (the
     /// caller keeps the `gemm` path).
     pub fn new(weight: &[f32], bias: &[f32]) -> Option<Self> {
-        if !std::arch::is_x86_feature_detected!("avx512f") {
+        if !available() {
             return None;
         }
         let m = bias.len();

@@ -7,6 +7,8 @@ use candle_core::{CpuStorage, Layout, Shape};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+use super::panel_gemm;
 use super::{
     check_residual, nchw, DenseConv, DepthwiseConv, Geometry, PaddedPlanes, ResidualKernel,
     SharedOut,
@@ -15,9 +17,20 @@ use super::{
 /// Padded input and depthwise output samples a band aims at: 192 KiB, inside L2.
 const BAND_SAMPLES: usize = 48 * 1024;
 
-/// Fewest output columns per band, so that packing the pointwise filter for each band's gemm
-/// stays a small share of its multiply-adds.
+/// Fewest output columns per band on `gemm`, so that packing the pointwise filter for each
+/// band's product stays a small share of its multiply-adds.
 const MIN_BAND_COLUMNS: usize = 128;
+
+/// Fewest output columns per band: where the CPU runs the panel kernel, as many as it takes
+/// (measured, 128 → 128 at 128²: 107–113 against 102–104 GFLOP/s with 128-column bands on
+/// `gemm`, three runs alternated; the landmark net 3–10% faster per face).
+fn min_band_columns() -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if panel_gemm::available() {
+        return panel_gemm::MIN_COLUMNS;
+    }
+    MIN_BAND_COLUMNS
+}
 
 /// Fewest output positions per output channel for the fused run. Below it the pointwise gemm
 /// dominates and runs faster whole (measured: fused 5–8% slower from SSD's 256-channel 64²
@@ -120,7 +133,7 @@ struct Scratch {
 
 /// Output rows per band for `cin → cout` channels, input rows `w` wide and an `oh × ow`
 /// output: about [`BAND_SAMPLES`] padded input and depthwise output samples, but at least
-/// `cout` and [`MIN_BAND_COLUMNS`] columns (each band's gemm packs the `cout × cin` filter
+/// `cout` and [`min_band_columns`] columns (each band's gemm packs the `cout × cin` filter
 /// again, which has to stay small next to the depthwise output it saves moving); with at least
 /// `threads` bands, a count that is a multiple of `threads`, so no thread waits on a last odd
 /// band.
@@ -136,7 +149,7 @@ fn band_rows(
     let per_row = cin * (geo.stride * pw + ow);
     let fixed = cin * (geo.kernel - 1) * pw;
     let rows = (BAND_SAMPLES.saturating_sub(fixed) / per_row)
-        .max(MIN_BAND_COLUMNS.max(cout).div_ceil(ow))
+        .max(min_band_columns().max(cout).div_ceil(ow))
         .clamp(1, oh);
     let bands = oh.div_ceil(rows);
     if bands >= threads {
