@@ -26,8 +26,8 @@ pub struct DenseConv {
     packed: Packed,
     cin: usize,
     cout: usize,
-    /// The filter packed for the AVX-512 matrix product, on first use (after any folding);
-    /// `None` inside when the CPU lacks AVX-512.
+    /// The filter packed for the AVX-512 matrix product, on the first product wide enough for
+    /// it (after any folding); `None` inside when the CPU lacks AVX-512.
     #[cfg(target_arch = "x86_64")]
     panels: std::sync::OnceLock<Option<panel_gemm::Panels>>,
 }
@@ -125,12 +125,14 @@ impl DenseConv {
         residual: Option<&[f32]>,
         parallelism: Parallelism,
     ) {
+        // Packed only for a layer that gets this wide, so small layers hold one copy.
         #[cfg(target_arch = "x86_64")]
-        if let Some(panels) = self
-            .panels
-            .get_or_init(|| panel_gemm::Panels::new(&self.packed.weight, &self.packed.bias))
-            .as_ref()
-            .filter(|_| n >= panel_gemm::MIN_COLUMNS)
+        if let Some(panels) = (n >= panel_gemm::MIN_COLUMNS)
+            .then(|| {
+                self.panels
+                    .get_or_init(|| panel_gemm::Panels::new(&self.packed.weight, &self.packed.bias))
+            })
+            .and_then(Option::as_ref)
         {
             // SAFETY: the caller's contract is the one `Panels::run` asks for.
             unsafe {

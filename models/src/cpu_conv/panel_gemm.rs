@@ -26,7 +26,7 @@ use super::{Activation, SharedOut};
 pub const MIN_COLUMNS: usize = 384;
 
 /// Output channels per filter panel (one broadcast each per inner step).
-pub const ROWS: usize = 8;
+const ROWS: usize = 8;
 
 /// Vector registers per channel in the micro-kernel.
 const VECTORS: usize = 3;
