@@ -59,18 +59,6 @@ impl Activation {
         }
     }
 
-    /// The activation as `min(max(x, slope · x), ceiling)`, `(slope, ceiling)`: the form a
-    /// vector kernel applies without branching on the kind.
-    #[cfg(target_arch = "x86_64")]
-    fn slope_ceiling(self) -> (f32, f32) {
-        match self {
-            Self::Identity => (1.0, f32::INFINITY),
-            Self::Relu => (0.0, f32::INFINITY),
-            Self::Relu6 => (0.0, 6.0),
-            Self::Leaky(slope) => (slope, f32::INFINITY),
-        }
-    }
-
     /// Applies the activation to a vector register.
     #[cfg(target_arch = "x86_64")]
     #[inline]

@@ -265,10 +265,8 @@ unsafe fn micro_kernel(
         }
     }
     if let Some(activation) = activation {
-        let (slope, ceiling) = activation.slope_ceiling();
-        let (slope, ceiling) = (_mm512_set1_ps(slope), _mm512_set1_ps(ceiling));
         for a in acc.iter_mut().flatten() {
-            *a = _mm512_min_ps(_mm512_max_ps(*a, _mm512_mul_ps(*a, slope)), ceiling);
+            *a = activation.apply_512(*a);
         }
     }
     for (r, acc) in acc.iter().enumerate() {
