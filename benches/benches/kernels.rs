@@ -131,6 +131,8 @@ const CLASSES: [Class; 14] = [
 ];
 
 fn kernels(c: &mut Criterion) {
+    // As `rollcall` runs (unless GLIBC_TUNABLES is set), like `stages`.
+    rollcall_server::allocator::keep_freed_memory();
     let dev = Device::Cpu;
     let mut g = c.benchmark_group("conv_gflops");
     g.sample_size(10);
