@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{assets, person_photo, spawn, Db, TestApp};
+use common::{assets, person_photo, send_json, spawn, Db, TestApp};
 use fantoccini::{Client, ClientBuilder, Locator};
 use image::imageops::FilterType;
 use serde_json::{json, Value};
@@ -168,6 +168,17 @@ impl Browser {
         let el = self.client.find(Locator::Css(css)).await.unwrap();
         el.clear().await.unwrap();
         el.send_keys(value).await.unwrap();
+    }
+
+    /// Chooses the file at `path` in the file input `css`.
+    async fn choose_file(&self, css: &str, path: &str) {
+        let input = self.client.find(Locator::Css(css)).await.unwrap();
+        input.send_keys(path).await.unwrap();
+    }
+
+    /// How many elements match `css`.
+    async fn count(&self, css: &str) -> usize {
+        self.client.find_all(Locator::Css(css)).await.unwrap().len()
     }
 
     async fn click(&self, css: &str) {
@@ -328,43 +339,23 @@ async fn admin_works_through_the_pages() {
         .await;
     let user_id: i64 = person_url.rsplit('/').next().unwrap().parse().unwrap();
     assert_eq!(b.text("#person-name").await, MARKUP_NAME);
-    assert!(b
-        .client
-        .find_all(Locator::Css("#person-name b"))
-        .await
-        .unwrap()
-        .is_empty());
+    assert_eq!(b.count("#person-name b").await, 0);
 
     // A group photo is refused with the server's reason; a photo of one face is enrolled.
     b.goto(&app.url(&format!("/enrol?user={user_id}"))).await;
     let group = canonical(&common::model_dir().join("demo/sample1.jpg"));
-    b.client
-        .find(Locator::Css("#enrol-photos"))
-        .await
-        .unwrap()
-        .send_keys(&group)
-        .await
-        .unwrap();
+    b.choose_file("#enrol-photos", &group).await;
     b.click("#enrol-submit").await;
     let reason = b.wait_text("#alert", "faces were found", 60).await;
     assert!(reason.contains("exactly one person"), "{reason}");
     b.shot("enrol-refused").await;
     b.goto(&app.url(&format!("/enrol?user={user_id}"))).await;
-    b.client
-        .find(Locator::Css("#enrol-photos"))
-        .await
-        .unwrap()
-        .send_keys(&test_image("obama.jpg"))
-        .await
-        .unwrap();
+    b.choose_file("#enrol-photos", &test_image("obama.jpg"))
+        .await;
     b.click("#enrol-submit").await;
     b.wait_text("#enrol-result", "Enrolled 1 face", 60).await;
     assert_eq!(
-        b.client
-            .find_all(Locator::Css(".facebox"))
-            .await
-            .unwrap()
-            .len(),
+        b.count(".facebox").await,
         1,
         "the detected face box is drawn"
     );
@@ -372,13 +363,8 @@ async fn admin_works_through_the_pages() {
 
     // Recognise an uploaded photo of the same person.
     b.goto(&app.url("/live")).await;
-    b.client
-        .find(Locator::Css("#recognize-photo"))
-        .await
-        .unwrap()
-        .send_keys(&test_image("obama2.jpg"))
-        .await
-        .unwrap();
+    b.choose_file("#recognize-photo", &test_image("obama2.jpg"))
+        .await;
     b.click("#recognize-form button[type=submit]").await;
     let line = b.wait_text("#recognize-result", "marked present", 60).await;
     assert!(line.contains(MARKUP_NAME), "{line}");
@@ -420,14 +406,7 @@ async fn admin_works_through_the_pages() {
     b.goto(&app.url("/")).await;
     assert_eq!(b.text("#present-today").await, "1");
     assert_eq!(b.text("#enrolled").await, "1");
-    assert_eq!(
-        b.client
-            .find_all(Locator::Css("svg.chart rect.bar"))
-            .await
-            .unwrap()
-            .len(),
-        30 + 24
-    );
+    assert_eq!(b.count("svg.chart rect.bar").await, 30 + 24);
     let thumb_width = b
         .client
         .execute(
@@ -491,14 +470,7 @@ async fn admin_works_through_the_pages() {
     b.click("#settings-form button[type=submit]").await;
     b.wait_text("#settings-result", "Saved", 10).await;
     b.shot("settings").await;
-    let saved: Value = app
-        .get("/api/v1/settings")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let saved: Value = send_json(app.get("/api/v1/settings")).await;
     assert_eq!(saved["dedupe_window_secs"], 120);
     assert_eq!(saved["work_start"], "09:00");
 
@@ -552,14 +524,7 @@ async fn live_camera_marks_the_enrolled_person_present() {
     // Frames keep flowing: later sightings fold into the one mark.
     let started = Instant::now();
     let log = loop {
-        let log: Value = app
-            .get("/api/v1/attendance")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let log: Value = send_json(app.get("/api/v1/attendance")).await;
         if log["items"][0]["sightings"].as_i64().unwrap_or(0) >= 3 {
             break log;
         }
@@ -575,11 +540,7 @@ async fn live_camera_marks_the_enrolled_person_present() {
     assert_eq!(items[0]["source"], "live");
     assert_eq!(items[0]["camera_id"], "front-door");
     assert_eq!(
-        b.client
-            .find_all(Locator::Css("#marked li"))
-            .await
-            .unwrap()
-            .len(),
+        b.count("#marked li").await,
         1,
         "the person is listed once, however many frames saw them"
     );
@@ -600,12 +561,9 @@ async fn live_camera_marks_the_enrolled_person_present() {
     b.goto(&app.url(&format!("/kiosk#key={secret}"))).await;
     b.wait_text("#live-status", "1 face in view: Barack Obama", 240)
         .await;
-    assert!(
-        b.client
-            .find_all(Locator::Css("nav"))
-            .await
-            .unwrap()
-            .is_empty(),
+    assert_eq!(
+        b.count("nav").await,
+        0,
         "the kiosk shows only the live view"
     );
     assert!(!b
