@@ -7,19 +7,7 @@ use image::imageops::FilterType;
 use image::RgbImage;
 use rollcall_models::image_io::{decode_rgb, DEFAULT_MAX_PIXELS};
 
-/// The `assets/` folder (or `ROLLCALL_ASSETS_DIR`).
-pub fn assets() -> PathBuf {
-    std::env::var_os("ROLLCALL_ASSETS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets"))
-}
-
-/// The folder holding face-api's `model/` and `demo/` (or `ROLLCALL_MODEL_DIR`).
-pub fn model_dir() -> PathBuf {
-    std::env::var_os("ROLLCALL_MODEL_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| assets().join("face-api"))
-}
+pub use rollcall_models::fetched::{assets, model_dir};
 
 /// A decoded photo.
 pub fn load(path: PathBuf) -> RgbImage {

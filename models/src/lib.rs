@@ -8,6 +8,7 @@ pub mod cpu_conv;
 pub mod detection;
 pub mod dlib_weights;
 pub mod error;
+pub mod fetched;
 pub mod image_io;
 pub mod landmarks;
 pub mod layers;

@@ -26,21 +26,7 @@ pub const OBAMA: [&str; 5] = [
     "obama_partial_face2.jpg",
 ];
 
-/// The fetched assets (`scripts/fetch-assets.sh`): `$ROLLCALL_ASSETS_DIR`, else the workspace's
-/// `assets/`.
-pub fn assets() -> PathBuf {
-    std::env::var_os("ROLLCALL_ASSETS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets"))
-}
-
-/// face-api's model directory (weights in `model/`, group photos in `demo/`):
-/// `$ROLLCALL_MODEL_DIR`, else `assets/face-api`.
-pub fn model_dir() -> PathBuf {
-    std::env::var_os("ROLLCALL_MODEL_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| assets().join("face-api"))
-}
+pub use rollcall_models::fetched::{assets, model_dir};
 
 /// dlib's float32 ResNet weights file.
 pub fn dlib_file() -> PathBuf {

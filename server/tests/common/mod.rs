@@ -30,19 +30,7 @@ pub struct TestApp {
     _tmp: tempfile::TempDir,
 }
 
-/// The repository's `assets/` folder (or `ROLLCALL_ASSETS_DIR`).
-pub fn assets() -> PathBuf {
-    std::env::var_os("ROLLCALL_ASSETS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets"))
-}
-
-/// The folder holding face-api's `model/` and `demo/`.
-pub fn model_dir() -> PathBuf {
-    std::env::var_os("ROLLCALL_MODEL_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| assets().join("face-api"))
-}
+pub use rollcall_models::fetched::{assets, model_dir};
 
 /// Bytes of a photo of the face_recognition test set (`obama.jpg`, `biden.jpg`, …).
 pub fn person_photo(name: &str) -> Vec<u8> {
