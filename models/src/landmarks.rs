@@ -9,7 +9,7 @@ use crate::batch::{self, CpuBatch};
 use crate::detection::FaceBox;
 use crate::error::{ModelError, Result};
 use crate::layers::{Activation, Conv, Padding, SeparableConv};
-use crate::preprocess::{to_batch_tensor, FloatImage};
+use crate::preprocess::{to_square_batch_tensor, FloatImage};
 use crate::tfjs::WeightMap;
 
 /// Mean RGB subtracted before scaling by 1/255 (`FaceFeatureExtractor.forwardInput`).
@@ -186,12 +186,9 @@ impl FaceLandmark68Net {
                 Ok((img.crop(x, y, w, h), w, h))
             })
             .collect::<Result<Vec<_>>>()?;
-        let batch: Vec<FloatImage> = crops
-            .iter()
-            .map(|(crop, _, _)| crop.pad_to_square(true).resize_bilinear(size, size))
-            .collect();
+        let batch: Vec<&FloatImage> = crops.iter().map(|(crop, _, _)| crop).collect();
         let out: Vec<f32> = self
-            .forward(&to_batch_tensor(&batch, self.device())?)?
+            .forward(&to_square_batch_tensor(&batch, true, size, self.device())?)?
             .flatten_all()?
             .to_vec1()?;
         Ok(crops

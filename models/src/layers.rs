@@ -7,7 +7,9 @@
 use candle_core::{DType, Module, Tensor};
 
 pub use crate::cpu_conv::Activation;
-use crate::cpu_conv::{DenseConv, DepthwiseConv, MaxPool, Op, Packed, PaddingFn, Separable};
+use crate::cpu_conv::{
+    DenseConv, DepthwiseConv, MaxPool, Op, Packed, PaddingFn, PooledConv, Separable,
+};
 use crate::error::{ModelError, Result};
 use crate::tfjs::WeightMap;
 
@@ -227,6 +229,26 @@ impl Conv {
     /// `activation(conv(x) + bias + residual)`: a residual connection fused into the conv.
     pub fn run_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
         self.run_with(x, Some(residual))
+    }
+
+    /// `max_pool(self.run(x), kernel, stride, padding)`: one op on the CPU where the conv
+    /// runs on the direct kernel and the windows do not overlap ([`PooledConv`]), so the
+    /// conv's full-resolution output never goes to memory.
+    pub fn run_pooled(
+        &self,
+        x: &Tensor,
+        kernel: usize,
+        stride: usize,
+        padding: Padding,
+    ) -> Result<Tensor> {
+        if let ConvImpl::Dense(k) = &self.imp {
+            if let Some(op) = PooledConv::new(k, (kernel, stride, padding == Padding::Same)) {
+                if !self.input_relu {
+                    return Ok(x.contiguous()?.apply_op1_no_bwd(&op)?);
+                }
+            }
+        }
+        max_pool(&self.run(x)?, kernel, stride, padding)
     }
 
     fn run_with(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
@@ -468,29 +490,12 @@ pub fn add_channel_bias(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
 pub fn max_pool(x: &Tensor, kernel: usize, stride: usize, padding: Padding) -> Result<Tensor> {
     if x.device().is_cpu() && x.dtype() == DType::F32 {
         let (_, _, h, w) = x.dims4()?;
-        let ((top, _), (left, _), out) = match padding {
-            Padding::Same => (
-                same_padding(h, kernel, stride),
-                same_padding(w, kernel, stride),
-                (h.div_ceil(stride), w.div_ceil(stride)),
-            ),
-            Padding::Valid if h >= kernel && w >= kernel => (
-                (0, 0),
-                (0, 0),
-                ((h - kernel) / stride + 1, (w - kernel) / stride + 1),
-            ),
-            Padding::Valid => {
-                return Err(ModelError::InvalidInput(format!(
+        let pool = MaxPool::for_input(kernel, stride, padding == Padding::Same, (h, w))
+            .ok_or_else(|| {
+                ModelError::InvalidInput(format!(
                     "{h}x{w} is smaller than the {kernel}x{kernel} pooling window"
-                )))
-            }
-        };
-        let pool = MaxPool {
-            kernel,
-            stride,
-            top_left: (top, left),
-            out,
-        };
+                ))
+            })?;
         return Ok(x.contiguous()?.apply_op1_no_bwd(&pool)?);
     }
     candle_max_pool(x, kernel, stride, padding)
@@ -869,6 +874,40 @@ mod tests {
         }
         let tiny = Tensor::zeros((1, 1, 2, 2), DType::F32, &dev).unwrap();
         assert!(max_pool(&tiny, 3, 2, Padding::Valid).is_err());
+    }
+
+    #[test]
+    fn pooled_conv_equals_conv_then_pooling() {
+        let dev = candle_core::Device::Cpu;
+        // (batch, cin, cout, side, conv stride, conv padding, pool kernel, pool stride, pool
+        // padding): Tiny's first layer (smaller), a channel tail, odd sizes, a batch split by
+        // image.
+        let cases = [
+            (1, 3, 16, 42, 1, Padding::Valid, 2, 2, Padding::Same),
+            (2, 3, 6, 17, 1, Padding::Same, 2, 2, Padding::Same),
+            (3, 2, 5, 15, 2, Padding::Same, 2, 2, Padding::Valid),
+            (1, 3, 8, 23, 2, Padding::Same, 3, 3, Padding::Same),
+            // Overlapping windows: the conv and the pool run one after the other.
+            (1, 3, 4, 20, 1, Padding::Same, 3, 2, Padding::Same),
+        ];
+        for (n, cin, cout, side, stride, padding, k, s, pool_padding) in cases {
+            let x = Tensor::randn(0f32, 1.0, (n, cin, side, side + 2), &dev).unwrap();
+            let w = Tensor::randn(0f32, 1.0, (cout, cin, 3, 3), &dev).unwrap();
+            let b = Tensor::randn(0f32, 1.0, cout, &dev).unwrap();
+            let conv = Conv::new(w, Some(b), stride, 1, padding)
+                .unwrap()
+                .with_activation(Activation::Leaky(0.1));
+            let ConvImpl::Dense(kernel) = &conv.imp else {
+                panic!("a CPU conv runs on the packed kernels")
+            };
+            let fusable = PooledConv::new(kernel, (k, s, pool_padding == Padding::Same));
+            assert_eq!(fusable.is_some(), s >= k);
+            let fused = conv.run_pooled(&x, k, s, pool_padding).unwrap();
+            let apart = candle_max_pool(&conv.run(&x).unwrap(), k, s, pool_padding).unwrap();
+            let case = format!("{n}x{cin}->{cout} {side} s{stride} pool {k}/{s}");
+            assert_eq!(fused.dims(), apart.dims(), "{case}");
+            assert_eq!(max_abs_diff(&fused, &apart), 0.0, "{case}");
+        }
     }
 
     #[test]

@@ -3,8 +3,9 @@
 
 use candle_core::{Device, Tensor};
 use image::RgbImage;
+use rayon::prelude::*;
 
-use crate::error::Result;
+use crate::error::{ModelError, Result};
 
 /// An RGB image with `f32` samples in `0..=255`, stored row-major as HWC.
 #[derive(Debug, Clone, PartialEq)]
@@ -148,6 +149,114 @@ pub fn to_batch_tensor(images: &[FloatImage], device: &Device) -> Result<Tensor>
     Ok(Tensor::from_vec(data, (images.len(), 3, h, w), device)?)
 }
 
+/// face-api's `padToSquare(centered)` then `resizeBilinear` to `size × size` of each image,
+/// stacked into one NCHW tensor `[n, 3, size, size]` (what every network takes) in one pass:
+/// each output pixel reads the original image, the padding as zeros, with the arithmetic of
+/// [`FloatImage::resize_bilinear`], so the samples are bit-identical to [`to_batch_tensor`] of
+/// the padded, resized images, without writing either. Images and rows run in parallel; an
+/// empty image is an error.
+pub fn to_square_batch_tensor(
+    images: &[&FloatImage],
+    centered: bool,
+    size: usize,
+    device: &Device,
+) -> Result<Tensor> {
+    if let Some(img) = images.iter().find(|i| i.width == 0 || i.height == 0) {
+        return Err(ModelError::InvalidInput(format!(
+            "empty image {}x{}",
+            img.width, img.height
+        )));
+    }
+    let plane = size * size;
+    let mut data = vec![0f32; images.len() * 3 * plane];
+    data.par_chunks_exact_mut(3 * plane)
+        .zip(images)
+        .for_each(|(dst, img)| SquareResize::new(img, centered, size).planes(dst));
+    Ok(Tensor::from_vec(
+        data,
+        (images.len(), 3, size, size),
+        device,
+    )?)
+}
+
+/// One image padded to a square and resized, as [`to_square_batch_tensor`] reads it.
+struct SquareResize<'a> {
+    img: &'a FloatImage,
+    size: usize,
+    /// The square's side and where the image starts in it.
+    side: usize,
+    origin: (usize, usize),
+}
+
+impl<'a> SquareResize<'a> {
+    fn new(img: &'a FloatImage, centered: bool, size: usize) -> Self {
+        let (w, h) = (img.width, img.height);
+        let diff = w.abs_diff(h);
+        let after = if centered {
+            (diff as f64 * 0.5).round() as usize
+        } else {
+            diff
+        };
+        let before = diff - after;
+        Self {
+            img,
+            size,
+            side: w.max(h),
+            origin: if h > w { (before, 0) } else { (0, before) },
+        }
+    }
+
+    /// Where sample `i` of the square's side `axis` (0: x, 1: y) lies in the image.
+    fn inside(&self, i: usize, axis: usize) -> Option<usize> {
+        let (origin, len) = match axis {
+            0 => (self.origin.0, self.img.width),
+            _ => (self.origin.1, self.img.height),
+        };
+        i.checked_sub(origin).filter(|&i| i < len)
+    }
+
+    /// The source pair and weight of output position `i` along `axis`, as
+    /// [`FloatImage::resize_bilinear`] computes them on the square.
+    fn taps(&self, i: usize, axis: usize) -> (Option<usize>, Option<usize>, f32) {
+        let f = self.side as f32 / self.size as f32 * i as f32;
+        let lo = f.floor() as usize;
+        let hi = (f.ceil() as usize).min(self.side - 1);
+        (self.inside(lo, axis), self.inside(hi, axis), f - lo as f32)
+    }
+
+    /// Writes the three `size × size` planes into `dst`, rows in parallel.
+    fn planes(&self, dst: &mut [f32]) {
+        let plane = self.size * self.size;
+        let cols: Vec<_> = (0..self.size).map(|c| self.taps(c, 0)).collect();
+        let row_len = self.img.width * 3;
+        let source_row = |y: Option<usize>| y.map(|y| &self.img.data[y * row_len..][..row_len]);
+        let pixel = |row: Option<&[f32]>, x: Option<usize>| match (row, x) {
+            (Some(row), Some(x)) => [row[3 * x], row[3 * x + 1], row[3 * x + 2]],
+            _ => [0.0; 3],
+        };
+        let (r, gb) = dst.split_at_mut(plane);
+        let (g, b) = gb.split_at_mut(plane);
+        r.par_chunks_exact_mut(self.size)
+            .zip(g.par_chunks_exact_mut(self.size))
+            .zip(b.par_chunks_exact_mut(self.size))
+            .enumerate()
+            .for_each(|(y, ((r, g), b))| {
+                let (top, bottom, rf) = self.taps(y, 1);
+                let (top, bottom) = (source_row(top), source_row(bottom));
+                for (x, &(left, right, cf)) in cols.iter().enumerate() {
+                    let (tl, tr) = (pixel(top, left), pixel(top, right));
+                    let (bl, br) = (pixel(bottom, left), pixel(bottom, right));
+                    let v: [f32; 3] = std::array::from_fn(|ch| {
+                        let t = tl[ch] + (tr[ch] - tl[ch]) * cf;
+                        let b = bl[ch] + (br[ch] - bl[ch]) * cf;
+                        t + (b - t) * rf
+                    });
+                    (r[x], g[x], b[x]) = (v[0], v[1], v[2]);
+                }
+            });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,6 +293,29 @@ mod tests {
         let up = img.resize_bilinear(8, 8);
         assert_eq!(up.at(1, 0, 0), (img.at(0, 0, 0) + img.at(1, 0, 0)) / 2.0);
         assert_eq!(up.at(7, 7, 0), img.at(3, 3, 0));
+    }
+
+    /// The one-pass square batch equals padding, resizing and stacking, to the bit, for
+    /// landscape, portrait and square images, centred or not, down- and upscaled.
+    #[test]
+    fn square_batch_equals_pad_resize_and_stack() {
+        let images = [ramp(37, 23), ramp(20, 41), ramp(16, 16), ramp(5, 3)];
+        for size in [8, 16, 29] {
+            for centered in [false, true] {
+                let refs: Vec<&FloatImage> = images.iter().collect();
+                let got = to_square_batch_tensor(&refs, centered, size, &Device::Cpu).unwrap();
+                let want: Vec<FloatImage> = images
+                    .iter()
+                    .map(|img| img.pad_to_square(centered).resize_bilinear(size, size))
+                    .collect();
+                let want = to_batch_tensor(&want, &Device::Cpu).unwrap();
+                let (got, want): (Vec<f32>, Vec<f32>) = (
+                    got.flatten_all().unwrap().to_vec1().unwrap(),
+                    want.flatten_all().unwrap().to_vec1().unwrap(),
+                );
+                assert_eq!(got, want, "size {size}, centred {centered}");
+            }
+        }
     }
 
     #[test]

@@ -5,9 +5,9 @@
 use candle_core::{Device, Tensor, D};
 
 use crate::batch::{self, CpuBatch};
-use crate::error::{ModelError, Result};
+use crate::error::Result;
 use crate::layers::{max_pool, Activation, Conv, Padding};
-use crate::preprocess::{to_batch_tensor, FloatImage};
+use crate::preprocess::{to_square_batch_tensor, FloatImage};
 use crate::tfjs::WeightMap;
 
 /// face-api's `normalize` mean, subtracted per RGB channel before dividing by 255.
@@ -194,19 +194,7 @@ impl FaceRecognitionNet {
             return Ok(Vec::new());
         }
         let size = Self::INPUT_SIZE;
-        let inputs = faces
-            .iter()
-            .map(|face| {
-                if face.width == 0 || face.height == 0 {
-                    return Err(ModelError::InvalidInput(format!(
-                        "empty face image {}x{}",
-                        face.width, face.height
-                    )));
-                }
-                Ok(face.pad_to_square(true).resize_bilinear(size, size))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let batch = to_batch_tensor(&inputs, &self.device)?;
+        let batch = to_square_batch_tensor(faces, true, size, &self.device)?;
         let raw = self.forward(&batch)?;
         let norm = raw.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?;
         let unit = raw.broadcast_div(&norm.maximum(1e-12)?)?;

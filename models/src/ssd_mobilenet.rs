@@ -4,13 +4,12 @@
 //! (`Output/extra_dim`), followed by face-api's greedy NMS and mapping back to image pixels.
 
 use candle_core::{Device, Tensor, D};
-use rayon::prelude::*;
 
 use crate::batch::{self, CpuBatch};
 use crate::detection::{non_max_suppression, Detection, FaceBox};
 use crate::error::Result;
 use crate::layers::{Activation, Conv, Padding, SeparableConv};
-use crate::preprocess::{to_batch_tensor, FloatImage};
+use crate::preprocess::{to_square_batch_tensor, FloatImage};
 use crate::tfjs::WeightMap;
 
 /// Variance epsilon of face-api's `tf.batchNorm` calls.
@@ -335,11 +334,8 @@ impl SsdMobilenetV1 {
             return Ok(Vec::new());
         }
         let size = Self::INPUT_SIZE;
-        let inputs: Vec<FloatImage> = images
-            .par_iter()
-            .map(|img| img.pad_to_square(false).resize_bilinear(size, size))
-            .collect();
-        let (boxes, scores) = self.forward(&to_batch_tensor(&inputs, &self.device)?)?;
+        let inputs = to_square_batch_tensor(images, false, size, &self.device)?;
+        let (boxes, scores) = self.forward(&inputs)?;
         let boxes: Vec<Vec<Vec<f32>>> = boxes.to_vec3()?;
         let scores: Vec<Vec<f32>> = scores.to_vec2()?;
         Ok(images

@@ -2,13 +2,12 @@
 //! (`tinyFaceDetector/` + `tinyYolov2/TinyYolov2Base.ts`), with its box decoding and NMS.
 
 use candle_core::{Device, Tensor};
-use rayon::prelude::*;
 
 use crate::batch::{self, CpuBatch};
 use crate::detection::{non_max_suppression, Detection, FaceBox};
 use crate::error::{ModelError, Result};
 use crate::layers::{max_pool, Activation, Conv, Padding, SeparableConv};
-use crate::preprocess::{to_batch_tensor, FloatImage};
+use crate::preprocess::{to_square_batch_tensor, FloatImage};
 use crate::tfjs::WeightMap;
 
 /// Mean RGB subtracted before scaling by 1/255 (`tinyFaceDetector/const.ts`).
@@ -94,7 +93,7 @@ impl TinyFaceDetector {
     /// On the CPU each image runs through the whole network on its own, the images in parallel.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         batch::run(x, CpuBatch::ImageByImage, |x| {
-            let mut out = max_pool(&self.conv0.run(x)?, 2, 2, Padding::Same)?;
+            let mut out = self.conv0.run_pooled(x, 2, 2, Padding::Same)?;
             let last = self.separable.len() - 1;
             for (i, conv) in self.separable.iter().enumerate() {
                 // face-api pads by 1 and runs a `valid` conv: the same as TF `same` for 3x3,
@@ -124,18 +123,8 @@ impl TinyFaceDetector {
         if images.is_empty() {
             return Ok(Vec::new());
         }
-        let batch = images
-            .par_iter()
-            .map(|img| {
-                if img.width == 0 || img.height == 0 {
-                    return Err(ModelError::InvalidInput("empty image".into()));
-                }
-                Ok(img
-                    .pad_to_square(false)
-                    .resize_bilinear(input_size, input_size))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let out = self.forward(&to_batch_tensor(&batch, self.device())?)?;
+        let batch = to_square_batch_tensor(images, false, input_size, self.device())?;
+        let out = self.forward(&batch)?;
         let cells = out.dim(2)?;
         // NHWC, so that one cell's anchors are contiguous, as face-api reads them.
         let values: Vec<f32> = out.permute((0, 2, 3, 1))?.flatten_all()?.to_vec1()?;

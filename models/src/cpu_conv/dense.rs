@@ -1,15 +1,15 @@
 //! Dense (ungrouped) convolutions: im2col + `gemm` into an output pre-filled with the bias and
 //! residual, or the direct [`stencil`] kernel for filters with few taps per output.
 
-use candle_core::{CpuStorage, Layout, Shape};
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
 use super::panel_gemm;
 use super::{
-    check_residual, nchw, stencil, stencil::single_channel, Activation, Geometry, Packed,
-    PaddedPlanes, PaddingFn, Phased, ResidualKernel,
+    check_residual, input, nchw, stencil, stencil::single_channel, Activation, Geometry, MaxPool,
+    Packed, PaddedPlanes, PaddingFn, Phased, ResidualKernel,
 };
 
 /// Filters with at most this many taps per output (`cin * k * k`, not 1×1 stride 1) run on the
@@ -189,13 +189,16 @@ impl DenseConv {
     }
 
     /// One image on the direct kernel, [`DIRECT_CHANNELS`] output channels at a time (in
-    /// parallel when `parallel`): `dst = act(conv(x) + bias [+ residual])`.
-    fn direct_image(&self, image: &Image, dst: &mut [f32], parallel: bool) {
+    /// parallel when `parallel`): `dst = act(conv(x) + bias [+ residual])`, max-pooled by
+    /// `pool` when there is one (windows that do not overlap, no residual): each window's
+    /// conv rows are computed into a buffer of a few rows and pooled from there.
+    fn direct_image(&self, image: &Image, pool: Option<&MaxPool>, dst: &mut [f32], parallel: bool) {
         let (h, w) = image.input;
         let (oh, ow) = image.output;
         let mut padded = PaddedPlanes::new(self.cin, (h, w), image.geo);
         padded.fill(image.x, false, false);
-        let (plane, taps) = (oh * ow, self.cin * self.packed.kernel * self.packed.kernel);
+        let taps = self.cin * self.packed.kernel * self.packed.kernel;
+        let plane = pool.map_or(oh * ow, |p| p.out.0 * p.out.1);
         // The residual has to be added before the activation, after the kernel.
         let activation = match image.residual {
             Some(_) => Activation::Identity,
@@ -203,35 +206,57 @@ impl DenseConv {
         };
         let block = |(b, out): (usize, &mut [f32])| {
             let c0 = b * DIRECT_CHANNELS;
+            let channels = out.len() / plane;
             let mut srcs = Vec::with_capacity(taps);
             let weight = |c: usize, t: usize| self.packed.weight[c * taps + t];
-            if out.len() == DIRECT_CHANNELS * plane {
+            let full = (channels == DIRECT_CHANNELS).then(|| {
                 let weights: Vec<[f32; DIRECT_CHANNELS]> = (0..taps)
                     .map(|t| std::array::from_fn(|c| weight(c0 + c, t)))
                     .collect();
-                let bias = std::array::from_fn(|c| self.packed.bias[c0 + c]);
-                for oy in 0..oh {
-                    padded.tap_rows(0..self.cin, oy, &mut srcs);
-                    stencil::row::<DIRECT_CHANNELS, 16>(
+                let bias: [f32; DIRECT_CHANNELS] =
+                    std::array::from_fn(|c| self.packed.bias[c0 + c]);
+                (weights, bias)
+            });
+            let singles: Vec<_> = (c0..c0 + channels)
+                .map(|c| single_channel(&self.packed.weight[c * taps..(c + 1) * taps]))
+                .collect();
+            // Conv row `oy` of the block's channels into `dst`, channel `c` at `c * stride`.
+            let mut conv_row = |oy: usize, dst: &mut [f32], stride: usize| {
+                padded.tap_rows(0..self.cin, oy, &mut srcs);
+                match &full {
+                    Some((weights, bias)) => stencil::row::<DIRECT_CHANNELS, 16>(
                         &srcs,
-                        &weights,
-                        bias,
+                        weights,
+                        *bias,
                         activation,
-                        (&mut out[oy * ow..], plane, ow),
-                    );
+                        (dst, stride, ow),
+                    ),
+                    None => {
+                        for (i, weights) in singles.iter().enumerate() {
+                            stencil::row::<1, 32>(
+                                &srcs,
+                                weights,
+                                [self.packed.bias[c0 + i]],
+                                activation,
+                                (&mut dst[i * stride..], 0, ow),
+                            );
+                        }
+                    }
                 }
-            } else {
-                for (c, out) in (c0..).zip(out.chunks_mut(plane)) {
-                    let weights = single_channel(&self.packed.weight[c * taps..(c + 1) * taps]);
-                    for (oy, row) in out.chunks_mut(ow).enumerate() {
-                        padded.tap_rows(0..self.cin, oy, &mut srcs);
-                        stencil::row::<1, 32>(
-                            &srcs,
-                            &weights,
-                            [self.packed.bias[c]],
-                            activation,
-                            (row, 0, ow),
-                        );
+            };
+            let Some(pool) = pool else {
+                for oy in 0..oh {
+                    conv_row(oy, &mut out[oy * ow..], plane);
+                }
+                return;
+            };
+            let (pw, mut rows) = (pool.out.1, vec![0f32; channels * ow]);
+            for py in 0..pool.out.0 {
+                let (y0, y1) = pool.window_rows(py, oh);
+                for oy in y0..y1 {
+                    conv_row(oy, &mut rows, ow);
+                    for (c, row) in rows.chunks_exact(ow).enumerate() {
+                        pool.row(row, &mut out[c * plane + py * pw..][..pw], oy == y0);
                     }
                 }
             }
@@ -315,20 +340,34 @@ fn im2col(
     cols
 }
 
-impl ResidualKernel for DenseConv {
-    const NAME: &'static str = "rollcall-dense-conv";
-
-    fn forward(
+impl DenseConv {
+    /// The batch `[n, cin, h, w]` through the conv (with the residual added, if any), then
+    /// through `pool` (`(kernel, stride, same)`, direct kernel only) if there is one.
+    fn run_images(
         &self,
         x: &[f32],
         x_layout: &Layout,
         residual: Option<(&[f32], &Layout)>,
+        pool: Option<(usize, usize, bool)>,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (n, h, w) = nchw(x_layout, self.cin)?;
         let (geo, (oh, ow)) = self.packed.geometry(h, w)?;
-        let out_shape = Shape::from((n, self.cout, oh, ow));
-        check_residual(residual, &out_shape)?;
-        let (image_in, image_out) = (self.cin * h * w, self.cout * oh * ow);
+        check_residual(residual, &Shape::from((n, self.cout, oh, ow)))?;
+        let pool = match pool {
+            Some((kernel, stride, same)) => {
+                debug_assert!(self.direct() && residual.is_none());
+                Some(
+                    MaxPool::for_input(kernel, stride, same, (oh, ow)).ok_or_else(|| {
+                        candle_core::Error::Msg(format!(
+                            "{oh}x{ow} is smaller than the {kernel}x{kernel} pooling window"
+                        ))
+                    })?,
+                )
+            }
+            None => None,
+        };
+        let (ph, pw) = pool.map_or((oh, ow), |p| p.out);
+        let (image_in, image_out) = (self.cin * h * w, self.cout * ph * pw);
         let mut out = vec![0f32; n * image_out];
         let threads = rayon::current_num_threads();
         let run = |b: usize, dst: &mut [f32], parallelism: Parallelism| {
@@ -340,7 +379,8 @@ impl ResidualKernel for DenseConv {
                 residual: residual.map(|(r, _)| &r[b * image_out..(b + 1) * image_out]),
             };
             if self.direct() {
-                self.direct_image(&image, dst, !matches!(parallelism, Parallelism::None));
+                let parallel = !matches!(parallelism, Parallelism::None);
+                self.direct_image(&image, pool.as_ref(), dst, parallel);
             } else {
                 self.gemm_image(&image, dst, parallelism);
             }
@@ -359,6 +399,53 @@ impl ResidualKernel for DenseConv {
                 run(b, dst, parallelism);
             }
         }
-        Ok((CpuStorage::F32(out), out_shape))
+        Ok((CpuStorage::F32(out), Shape::from((n, self.cout, ph, pw))))
+    }
+}
+
+impl ResidualKernel for DenseConv {
+    const NAME: &'static str = "rollcall-dense-conv";
+
+    fn forward(
+        &self,
+        x: &[f32],
+        x_layout: &Layout,
+        residual: Option<(&[f32], &Layout)>,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.run_images(x, x_layout, residual, None)
+    }
+}
+
+/// A convolution on the direct kernel followed by max pooling whose windows do not overlap
+/// (Tiny's first layer and its 2×2 pool), as one op: each window's conv rows go through a
+/// buffer of a few rows into the pool, so the conv's full-resolution output (11 MB for Tiny at
+/// 416²) is never written to memory and read back.
+#[derive(Debug, Clone, Copy)]
+pub struct PooledConv<'a> {
+    conv: &'a DenseConv,
+    /// Pooling window side, stride and whether it is TF's `same` (else `valid`).
+    pool: (usize, usize, bool),
+}
+
+impl<'a> PooledConv<'a> {
+    /// The fused op, if `conv` runs on the direct kernel and the pooling windows
+    /// (`(kernel, stride, same)`) do not overlap.
+    pub fn new(conv: &'a DenseConv, pool: (usize, usize, bool)) -> Option<Self> {
+        (conv.direct() && pool.1 >= pool.0).then_some(Self { conv, pool })
+    }
+}
+
+impl CustomOp1 for PooledConv<'_> {
+    fn name(&self) -> &'static str {
+        "rollcall-pooled-conv"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.conv
+            .run_images(input(storage, layout)?, layout, None, Some(self.pool))
     }
 }

@@ -12,7 +12,8 @@
 //!   plane, with the bias and activation fused.
 //! - Depthwise-separable blocks ([`Separable`]): the two above fused, a band of output rows at
 //!   a time, so the depthwise output goes from cache straight into the pointwise gemm.
-//! - Max pooling ([`MaxPool`]): windows clipped at the borders, planes in parallel.
+//! - Max pooling ([`MaxPool`]): windows clipped at the borders, planes in parallel; after a
+//!   direct-kernel conv with windows that do not overlap, fused into it ([`PooledConv`]).
 //!
 //! Weights are packed once, when a layer is built. Both kernels use every Rayon thread: across
 //! images when the batch has at least as many images as threads, inside each image otherwise
@@ -26,7 +27,7 @@ mod pool;
 mod separable;
 mod stencil;
 
-pub use dense::DenseConv;
+pub use dense::{DenseConv, PooledConv};
 pub use depthwise::DepthwiseConv;
 pub use pool::MaxPool;
 pub use separable::Separable;

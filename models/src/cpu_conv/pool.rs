@@ -6,6 +6,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
 use rayon::prelude::*;
 
 use super::input;
+use crate::layers::same_padding;
 
 /// `kernel × kernel` max pooling with `stride`, `top`/`left` padding rows and columns and an
 /// output of `out_h × out_w` per plane.
@@ -22,13 +23,47 @@ pub struct MaxPool {
 }
 
 impl MaxPool {
+    /// TensorFlow's pooling of `h × w` planes: `same` (windows clipped at the borders, output
+    /// `ceil(side / stride)`) or `valid` (whole windows only); `None` when a `valid` window
+    /// does not fit.
+    pub fn for_input(
+        kernel: usize,
+        stride: usize,
+        same: bool,
+        (h, w): (usize, usize),
+    ) -> Option<Self> {
+        if same {
+            let (top, _) = same_padding(h, kernel, stride);
+            let (left, _) = same_padding(w, kernel, stride);
+            return Some(Self {
+                kernel,
+                stride,
+                top_left: (top, left),
+                out: (h.div_ceil(stride), w.div_ceil(stride)),
+            });
+        }
+        (h >= kernel && w >= kernel).then(|| Self {
+            kernel,
+            stride,
+            top_left: (0, 0),
+            out: ((h - kernel) / stride + 1, (w - kernel) / stride + 1),
+        })
+    }
+
+    /// The input rows `y0..y1` that output row `oy` pools, for an input `h` rows high.
+    pub(super) fn window_rows(&self, oy: usize, h: usize) -> (usize, usize) {
+        let top = self.top_left.0;
+        (
+            (oy * self.stride).saturating_sub(top),
+            (oy * self.stride + self.kernel - top).min(h),
+        )
+    }
+
     /// Pools one `h × w` plane into `dst` (`out_h × out_w`): each output row is the
     /// element-wise max of its window rows' horizontal maxima.
     fn plane(&self, src: &[f32], (h, w): (usize, usize), dst: &mut [f32]) {
-        let (k, s, top) = (self.kernel, self.stride, self.top_left.0);
         for (oy, out) in dst.chunks_exact_mut(self.out.1).enumerate() {
-            let y0 = (oy * s).saturating_sub(top);
-            let y1 = (oy * s + k - top).min(h);
+            let (y0, y1) = self.window_rows(oy, h);
             for (i, row) in src[y0 * w..y1 * w].chunks_exact(w).enumerate() {
                 self.row(row, out, i == 0);
             }
@@ -36,7 +71,7 @@ impl MaxPool {
     }
 
     /// Horizontal window maxima of `row` into `out`: stored when `first`, else max-ed in.
-    fn row(&self, row: &[f32], out: &mut [f32], first: bool) {
+    pub(super) fn row(&self, row: &[f32], out: &mut [f32], first: bool) {
         if first {
             self.row_with::<true>(row, out);
         } else {

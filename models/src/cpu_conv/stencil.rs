@@ -200,15 +200,23 @@ mod avx512 {
     }
 }
 
-/// Walks a row of `width` pixels in blocks of `W`, then 8, then 1: `block(x, n)` for each.
+/// Walks a row of `width` pixels in blocks of `W`, then 8: `block(x, n)` for each. A tail of
+/// fewer than 8 pixels is one more block of 8 ending at the row's end, overlapping the one
+/// before it (a block's outputs depend only on its sources, so the overlap is written twice
+/// with the same values), or single pixels in a row narrower than 8.
 #[inline(always)]
 fn walk<const W: usize>(width: usize, mut block: impl FnMut(usize, usize)) {
     let mut x = 0;
-    for n in [W, 8, 1] {
+    for n in [W, 8] {
         while x + n <= width {
             block(x, n);
             x += n;
         }
+    }
+    if x < width && width >= 8 {
+        block(width - 8, 8);
+    } else {
+        (x..width).for_each(|x| block(x, 1));
     }
 }
 
