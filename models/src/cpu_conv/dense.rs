@@ -9,7 +9,7 @@ use rayon::prelude::*;
 use super::panel_gemm;
 use super::{
     check_residual, input, nchw, stencil, stencil::single_channel, Activation, Geometry, MaxPool,
-    Packed, PaddedPlanes, PaddingFn, Phased, ResidualKernel,
+    Packed, PaddedPlanes, PaddingFn, Phased, ResidualKernel, SharedOut,
 };
 
 /// Filters with at most this many taps per output (`cin * k * k`, not 1×1 stride 1) run on the
@@ -67,7 +67,11 @@ impl DenseConv {
     }
 
     /// One image on gemm: `dst = act(W · im2col(x) + bias [+ residual])`.
-    fn gemm_image(&self, image: &Image, dst: &mut [f32], parallelism: Parallelism) {
+    ///
+    /// # Safety
+    /// `dst` must be valid for writes of the image's `cout × oh × ow` outputs (which need not
+    /// be initialised: every one is written), and no other thread may touch them.
+    unsafe fn gemm_image(&self, image: &Image, dst: *mut f32, parallelism: Parallelism) {
         let Image {
             x,
             input,
@@ -84,14 +88,10 @@ impl DenseConv {
                 cols_buf = im2col(x, self.cin, input, geo, (oh, ow), parallelism);
                 &cols_buf
             };
-        // SAFETY: `dst` holds the `cout` rows of `spatial` outputs, and nothing else touches it.
+        // SAFETY: `dst` holds the `cout` rows of `spatial` outputs, and nothing else touches it
+        // (the caller's contract).
         unsafe {
-            self.gemm_columns(
-                cols,
-                (dst.as_mut_ptr(), spatial, spatial),
-                residual,
-                parallelism,
-            );
+            self.gemm_columns(cols, (dst, spatial, spatial), residual, parallelism);
         }
     }
 
@@ -149,17 +149,19 @@ impl DenseConv {
         let (m, depth) = (self.cout, self.packed.weight.len() / self.cout);
         debug_assert!(cols.len() >= depth * n);
         // SAFETY: row `c` of `dst` is valid and exclusively ours (the caller's contract).
-        let row = |c: usize| unsafe { std::slice::from_raw_parts_mut(dst.add(c * stride), n) };
+        // The rows are seeded with the bias (and residual) through the pointer: they may not
+        // be initialised before.
         for c in 0..m {
-            let row = row(c);
+            let (row, bias) = (dst.wrapping_add(c * stride), self.packed.bias[c]);
+            // SAFETY: row `c` holds `n` samples valid for writes (the caller's contract).
             match residual {
-                Some(r) => row
-                    .iter_mut()
-                    .zip(&r[c * stride..c * stride + n])
-                    .for_each(|(d, r)| *d = r + self.packed.bias[c]),
-                None => row.fill(self.packed.bias[c]),
+                Some(r) => (r[c * stride..c * stride + n].iter().enumerate())
+                    .for_each(|(j, r)| unsafe { row.add(j).write(r + bias) }),
+                None => (0..n).for_each(|j| unsafe { row.add(j).write(bias) }),
             }
         }
+        // SAFETY: row `c` of `dst` is valid, initialised and exclusively ours.
+        let row = |c: usize| unsafe { std::slice::from_raw_parts_mut(dst.add(c * stride), n) };
         // SAFETY: `dst` is `m × n` at row stride `stride` (the caller's contract), `weight`
         // is `m × depth` and `cols` is `depth × n`, both row-major and contiguous.
         unsafe {
@@ -368,9 +370,21 @@ impl DenseConv {
         };
         let (ph, pw) = pool.map_or((oh, ow), |p| p.out);
         let (image_in, image_out) = (self.cin * h * w, self.cout * ph * pw);
-        let mut out = vec![0f32; n * image_out];
+        let len = n * image_out;
+        // The direct kernel writes through slices, so its output starts cleared; gemm writes
+        // every sample through a pointer, so its output is not cleared first (clearing the
+        // megabytes of a large layer's output costs about as much as writing them).
+        let mut out = if self.direct() {
+            vec![0f32; len]
+        } else {
+            Vec::with_capacity(len)
+        };
+        let base = SharedOut(out.as_mut_ptr());
         let threads = rayon::current_num_threads();
-        let run = |b: usize, dst: &mut [f32], parallelism: Parallelism| {
+        let run = |b: usize, parallelism: Parallelism| {
+            // SAFETY: image `b`'s outputs lie inside `out`'s capacity and only this call
+            // touches them.
+            let dst = unsafe { base.ptr().add(b * image_out) };
             let image = Image {
                 x: &x[b * image_in..(b + 1) * image_in],
                 input: (h, w),
@@ -379,26 +393,29 @@ impl DenseConv {
                 residual: residual.map(|(r, _)| &r[b * image_out..(b + 1) * image_out]),
             };
             if self.direct() {
+                // SAFETY: the direct kernel's output was cleared, so it is initialised.
+                let dst = unsafe { std::slice::from_raw_parts_mut(dst, image_out) };
                 let parallel = !matches!(parallelism, Parallelism::None);
                 self.direct_image(&image, pool.as_ref(), dst, parallel);
             } else {
-                self.gemm_image(&image, dst, parallelism);
+                // SAFETY: see above.
+                unsafe { self.gemm_image(&image, dst, parallelism) };
             }
         };
         if n >= threads && threads > 1 {
-            out.par_chunks_mut(image_out)
-                .enumerate()
-                .for_each(|(b, dst)| run(b, dst, Parallelism::None));
+            (0..n)
+                .into_par_iter()
+                .for_each(|b| run(b, Parallelism::None));
         } else {
             let parallelism = if threads > 1 {
                 Parallelism::Rayon(threads)
             } else {
                 Parallelism::None
             };
-            for (b, dst) in out.chunks_mut(image_out).enumerate() {
-                run(b, dst, parallelism);
-            }
+            (0..n).for_each(|b| run(b, parallelism));
         }
+        // SAFETY: every image's outputs were written (or cleared at allocation).
+        unsafe { out.set_len(len) };
         Ok((CpuStorage::F32(out), Shape::from((n, self.cout, ph, pw))))
     }
 }

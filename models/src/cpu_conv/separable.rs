@@ -193,18 +193,23 @@ impl ResidualKernel for Separable<'_> {
         );
         let bands = oh.div_ceil(rows);
         let (image_in, image_out) = (cin * h * w, cout * oh * ow);
-        let mut out = vec![0f32; n * image_out];
+        // Every sample is written through `SharedOut` by a band's gemm, so the output is not
+        // cleared first.
+        let len = n * image_out;
+        let mut out = Vec::with_capacity(len);
+        let base = SharedOut(out.as_mut_ptr());
         let new_scratch = || Scratch {
             padded: PaddedPlanes::for_output_rows(cin, rows, w, geo),
             columns: Vec::new(),
             row: Vec::new(),
         };
-        let image = |b: usize, dst: &mut [f32], split: Split| {
+        let image = |b: usize, split: Split| {
             let image = Image {
                 x: &x[b * image_in..(b + 1) * image_in],
                 h,
                 residual: residual.map(|(r, _)| &r[b * image_out..(b + 1) * image_out]),
-                out: SharedOut(dst.as_mut_ptr()),
+                // SAFETY: image `b`'s outputs lie inside `out`'s capacity.
+                out: SharedOut(unsafe { base.ptr().add(b * image_out) }),
                 output: (oh, ow),
                 rows,
             };
@@ -226,19 +231,17 @@ impl ResidualKernel for Separable<'_> {
             }
         };
         if split_images {
-            out.par_chunks_mut(image_out)
-                .enumerate()
-                .for_each(|(b, dst)| image(b, dst, Split::Serial));
+            (0..n).into_par_iter().for_each(|b| image(b, Split::Serial));
         } else {
             let split = if bands >= threads {
                 Split::Bands
             } else {
                 Split::Inside
             };
-            for (b, dst) in out.chunks_mut(image_out).enumerate() {
-                image(b, dst, split);
-            }
+            (0..n).for_each(|b| image(b, split));
         }
+        // SAFETY: the bands of every image wrote each of its `cout` rows of `oh * ow` samples.
+        unsafe { out.set_len(len) };
         Ok((CpuStorage::F32(out), out_shape))
     }
 }
