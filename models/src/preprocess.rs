@@ -64,15 +64,7 @@ impl FloatImage {
         if w == h {
             return self.clone();
         }
-        let diff = w.abs_diff(h);
-        let after = if centered {
-            (diff as f64 * 0.5).round() as usize
-        } else {
-            diff
-        };
-        let before = diff - after;
-        let side = w.max(h);
-        let (ox, oy) = if h > w { (before, 0) } else { (0, before) };
+        let (side, (ox, oy)) = self.square(centered);
         let mut out = Self::zeros(side, side);
         for row in 0..h {
             let src = row * w * 3;
@@ -80,6 +72,20 @@ impl FloatImage {
             out.data[dst..dst + w * 3].copy_from_slice(&self.data[src..src + w * 3]);
         }
         out
+    }
+
+    /// The side of [`Self::pad_to_square`]'s square and where the image starts in it.
+    fn square(&self, centered: bool) -> (usize, (usize, usize)) {
+        let (w, h) = (self.width, self.height);
+        let diff = w.abs_diff(h);
+        let after = if centered {
+            (diff as f64 * 0.5).round() as usize
+        } else {
+            diff
+        };
+        let before = diff - after;
+        let origin = if h > w { (before, 0) } else { (0, before) };
+        (w.max(h), origin)
     }
 
     /// `tf.image.resizeBilinear(x, [h, w], alignCorners = false, halfPixelCenters = false)`.
@@ -190,19 +196,12 @@ struct SquareResize<'a> {
 
 impl<'a> SquareResize<'a> {
     fn new(img: &'a FloatImage, centered: bool, size: usize) -> Self {
-        let (w, h) = (img.width, img.height);
-        let diff = w.abs_diff(h);
-        let after = if centered {
-            (diff as f64 * 0.5).round() as usize
-        } else {
-            diff
-        };
-        let before = diff - after;
+        let (side, origin) = img.square(centered);
         Self {
             img,
             size,
-            side: w.max(h),
-            origin: if h > w { (before, 0) } else { (0, before) },
+            side,
+            origin,
         }
     }
 
