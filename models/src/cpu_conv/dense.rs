@@ -117,7 +117,8 @@ impl DenseConv {
     ///
     /// # Safety
     /// `dst` must be valid for reads and writes of `cout` rows of `n` samples spaced
-    /// `row stride` apart, and no other thread may touch those samples during the call.
+    /// `row stride` apart, and no other thread may touch those samples during the call. They
+    /// need not be initialised: each is written before it is read.
     pub(super) unsafe fn gemm_columns(
         &self,
         cols: &[f32],
