@@ -149,7 +149,6 @@ impl DenseConv {
         }
         let (m, depth) = (self.cout, self.packed.weight.len() / self.cout);
         debug_assert!(cols.len() >= depth * n);
-        // SAFETY: row `c` of `dst` is valid and exclusively ours (the caller's contract).
         // The rows are seeded with the bias (and residual) through the pointer: they may not
         // be initialised before.
         for c in 0..m {
@@ -220,7 +219,9 @@ impl DenseConv {
                     std::array::from_fn(|c| self.packed.bias[c0 + c]);
                 (weights, bias)
             });
+            // A last, partial block runs its channels one at a time.
             let singles: Vec<_> = (c0..c0 + channels)
+                .filter(|_| full.is_none())
                 .map(|c| single_channel(&self.packed.weight[c * taps..(c + 1) * taps]))
                 .collect();
             // Conv row `oy` of the block's channels into `dst`, channel `c` at `c * stride`.
