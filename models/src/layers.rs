@@ -6,7 +6,7 @@
 
 use candle_core::{DType, Module, Tensor};
 
-pub use crate::cpu_conv::Activation;
+pub use crate::cpu_conv::{Activation, Precision};
 use crate::cpu_conv::{
     DenseConv, DepthwiseConv, MaxPool, Op, Packed, PaddingFn, PooledConv, Separable,
 };
@@ -97,7 +97,7 @@ impl Conv {
     ) -> Result<Self> {
         let weight = w.conv_filter(name, k, k, cin, cout)?;
         let bias = bias_name.map(|b| w.vector(b, cout)).transpose()?;
-        Self::new(weight, bias, stride, 1, padding)
+        Ok(Self::new(weight, bias, stride, 1, padding)?.with_precision(w.precision()))
     }
 
     /// A depthwise conv whose filter is `name` (`[k, k, channels, 1]`), without bias.
@@ -167,6 +167,15 @@ impl Conv {
         self
     }
 
+    /// The same conv with its matrix products in `precision` (dense convs on the CPU kernels;
+    /// the others ignore it).
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        if let ConvImpl::Dense(k) = &mut self.imp {
+            k.set_precision(precision);
+        }
+        self
+    }
+
     /// The same conv applied to `relu(x)`: fused into the depthwise kernel, which reads its
     /// input through the ReLU; a separate op elsewhere.
     pub fn with_input_relu(mut self) -> Self {
@@ -209,7 +218,7 @@ impl Conv {
         let (scale, shift) = (per_channel(scale)?, per_channel(shift)?);
         let bias = (bias + weight.broadcast_mul(&shift)?.sum((1, 2, 3))?)?;
         let weight = weight.broadcast_mul(&scale)?;
-        Self::new(weight, Some(bias), 1, 1, Padding::Valid)
+        Ok(Self::new(weight, Some(bias), 1, 1, Padding::Valid)?.with_precision(w.precision()))
     }
 
     /// The CPU kernel's packed weights, if this conv runs on the CPU kernels.
@@ -553,6 +562,26 @@ mod tests {
             .unwrap()
     }
 
+    /// `t` with every value rounded to bf16: what [`Precision::Bf16`] products see.
+    fn bf16_rounded(t: &Tensor) -> Tensor {
+        t.to_dtype(DType::BF16)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+    }
+
+    /// How far `got` is from what a layer in `precision` computes: `exact` (f32 products),
+    /// or, in [`Precision::Bf16`], whichever is nearer of `exact` (a product too narrow for
+    /// the panel kernel, or a CPU without AVX512-BF16, stays f32) and `rounded` (the same
+    /// computation on inputs rounded to bf16).
+    fn precision_diff(precision: Precision, got: &Tensor, exact: &Tensor, rounded: &Tensor) -> f32 {
+        let diff = max_abs_diff(got, exact);
+        match precision {
+            Precision::F32 => diff,
+            Precision::Bf16 => diff.min(max_abs_diff(got, rounded)),
+        }
+    }
+
     #[test]
     fn depthwise_fast_path_equals_grouped_conv() {
         let dev = candle_core::Device::Cpu;
@@ -634,11 +663,13 @@ mod tests {
         let dev = candle_core::Device::Cpu;
         let x = Tensor::randn(0f32, 1.0, (2, 6, 13, 10), &dev).unwrap();
         let b = Tensor::randn(0f32, 1.0, 6, &dev).unwrap();
-        // Depthwise (fused into the kernel, strides 1 and 2) and dense (a separate op).
+        // Depthwise (fused into the kernel, strides 1 and 2) and dense (a separate op; f32
+        // products, so that the reference is exact).
         for (groups, stride) in [(6, 1), (6, 2), (1, 1)] {
             let w = Tensor::randn(0f32, 1.0, (6, 6 / groups, 3, 3), &dev).unwrap();
             let conv = Conv::new(w.clone(), Some(b.clone()), stride, groups, Padding::Same)
                 .unwrap()
+                .with_precision(Precision::F32)
                 .with_input_relu();
             let want = reference(
                 &x.relu().unwrap(),
@@ -715,21 +746,30 @@ mod tests {
             let wt = Tensor::randn(0f32, 0.3, (cout, cin, k, k), &dev).unwrap();
             let b = Tensor::randn(0f32, 1.0, cout, &dev).unwrap();
             let act = acts[i % acts.len()];
-            let conv = Conv::new(wt.clone(), Some(b.clone()), stride, 1, padding)
-                .unwrap()
-                .with_activation(act);
-            assert!(matches!(conv.imp, ConvImpl::Dense(_)));
-            let got = conv.run(&x).unwrap();
+            let (xr, wr) = (bf16_rounded(&x), bf16_rounded(&wt));
             let want = reference(&x, &wt, &b, stride, 1, padding, act, None);
-            assert_eq!(got.dims(), want.dims(), "case {i}");
-            let diff = max_abs_diff(&got, &want);
-            assert!(diff < 1e-4, "dense case {i}: {diff}");
-
+            let rounded = reference(&xr, &wr, &b, stride, 1, padding, act, None);
             let r = Tensor::randn(0f32, 1.0, want.dims(), &dev).unwrap();
-            let got = conv.run_add(&x, &r).unwrap();
-            let want = reference(&x, &wt, &b, stride, 1, padding, act, Some(&r));
-            let diff = max_abs_diff(&got, &want);
-            assert!(diff < 1e-4, "dense case {i} with residual: {diff}");
+            let want_add = reference(&x, &wt, &b, stride, 1, padding, act, Some(&r));
+            let rounded_add = reference(&xr, &wr, &b, stride, 1, padding, act, Some(&r));
+            for precision in [Precision::F32, Precision::Bf16] {
+                let conv = Conv::new(wt.clone(), Some(b.clone()), stride, 1, padding)
+                    .unwrap()
+                    .with_activation(act)
+                    .with_precision(precision);
+                assert!(matches!(conv.imp, ConvImpl::Dense(_)));
+                let got = conv.run(&x).unwrap();
+                assert_eq!(got.dims(), want.dims(), "case {i}");
+                let diff = precision_diff(precision, &got, &want, &rounded);
+                assert!(diff < 1e-4, "{precision:?} dense case {i}: {diff}");
+
+                let got = conv.run_add(&x, &r).unwrap();
+                let diff = precision_diff(precision, &got, &want_add, &rounded_add);
+                assert!(
+                    diff < 1e-4,
+                    "{precision:?} dense case {i} with residual: {diff}"
+                );
+            }
         }
         // (batch, channels, h, w, kernel, stride, padding)
         let depthwise = [
@@ -782,19 +822,6 @@ mod tests {
             let pw = Tensor::randn(0f32, 0.2, (cout, cin, 1, 1), &dev).unwrap();
             let pb = Tensor::randn(0f32, 1.0, cout, &dev).unwrap();
             let relu_input = i % 2 == 1;
-            let block = SeparableConv::new(
-                Conv::new(dw.clone(), Some(db.clone()), stride, cin, Padding::Same)
-                    .unwrap()
-                    .with_activation(Activation::Relu6),
-                Conv::new(pw.clone(), Some(pb.clone()), 1, 1, Padding::Valid).unwrap(),
-            )
-            .with_activation(Activation::Leaky(0.1));
-            let block = if relu_input {
-                block.with_input_relu()
-            } else {
-                block
-            };
-            assert!(block.fused().is_some(), "case {i}");
             let input = if relu_input {
                 x.relu().unwrap()
             } else {
@@ -807,18 +834,72 @@ mod tests {
             let act = Activation::Leaky(0.1);
             let want = reference(&hidden, &pw, &pb, 1, 1, Padding::Valid, act, None);
             let want_add = reference(&hidden, &pw, &pb, 1, 1, Padding::Valid, act, Some(&r));
-            for threads in [1, 3] {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .unwrap();
-                let (got, got_add) =
-                    pool.install(|| (block.run(&x).unwrap(), block.run_add(&x, &r).unwrap()));
-                assert_eq!(got.dims(), want.dims(), "case {i}");
-                let diff = max_abs_diff(&got, &want);
-                assert!(diff < 1e-4, "case {i}, {threads} threads: {diff}");
-                let diff = max_abs_diff(&got_add, &want_add);
-                assert!(diff < 1e-4, "case {i}, {threads} threads, residual: {diff}");
+            // What each output may be off by: 1e-4 in f32; in bf16 also 2⁻⁷ of Σ |w · h| (each
+            // of the two rounded inputs within half a step of 2⁻⁷, so 2⁻⁸, of its value; the
+            // leaky ReLU and the residual add no error). Rounding the kernel's own depthwise output, a rounding
+            // error away from the reference's, can land on the other side of a bf16 tie, so
+            // the check is against this bound rather than a rounded reference.
+            let zero = Tensor::zeros(cout, DType::F32, &dev).unwrap();
+            let (ha, pa) = (hidden.abs().unwrap(), pw.abs().unwrap());
+            let magnitude = reference(
+                &ha,
+                &pa,
+                &zero,
+                1,
+                1,
+                Padding::Valid,
+                Activation::Identity,
+                None,
+            );
+            let bound = |precision: Precision| {
+                match precision {
+                    Precision::F32 => magnitude.zeros_like().unwrap() + 1e-4,
+                    Precision::Bf16 => (magnitude.clone() * (1.0 / 128.0)).unwrap() + 1e-4,
+                }
+                .unwrap()
+            };
+            // The largest excess of `|got - want|` over the bound (≤ 0 when within it).
+            let excess = |got: &Tensor, want: &Tensor, bound: &Tensor| {
+                let err = (got - want).unwrap().abs().unwrap();
+                let excess = (err - bound).unwrap().flatten_all().unwrap();
+                excess.max(0).unwrap().to_scalar::<f32>().unwrap()
+            };
+            for precision in [Precision::F32, Precision::Bf16] {
+                let bound = bound(precision);
+                let block = SeparableConv::new(
+                    Conv::new(dw.clone(), Some(db.clone()), stride, cin, Padding::Same)
+                        .unwrap()
+                        .with_activation(Activation::Relu6),
+                    Conv::new(pw.clone(), Some(pb.clone()), 1, 1, Padding::Valid)
+                        .unwrap()
+                        .with_precision(precision),
+                )
+                .with_activation(Activation::Leaky(0.1));
+                let block = if relu_input {
+                    block.with_input_relu()
+                } else {
+                    block
+                };
+                assert!(block.fused().is_some(), "case {i}");
+                for threads in [1, 3] {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .unwrap();
+                    let (got, got_add) =
+                        pool.install(|| (block.run(&x).unwrap(), block.run_add(&x, &r).unwrap()));
+                    assert_eq!(got.dims(), want.dims(), "case {i}");
+                    let over = excess(&got, &want, &bound);
+                    assert!(
+                        over <= 0.0,
+                        "{precision:?} case {i}, {threads} threads: {over}"
+                    );
+                    let over = excess(&got_add, &want_add, &bound);
+                    assert!(
+                        over <= 0.0,
+                        "{precision:?} case {i}, {threads} threads, residual: {over}"
+                    );
+                }
             }
         }
     }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use serde::Deserialize;
 
+use crate::cpu_conv::Precision;
 use crate::error::{ModelError, Result};
 
 #[derive(Debug, Deserialize)]
@@ -35,6 +36,8 @@ struct Quantization {
 #[derive(Debug, Clone)]
 pub struct WeightMap {
     tensors: HashMap<String, Tensor>,
+    /// What the dense convolutions built from these weights run their products in.
+    precision: Precision,
 }
 
 impl WeightMap {
@@ -65,13 +68,30 @@ impl WeightMap {
                 tensors.insert(entry.name, tensor);
             }
         }
-        Ok(Self { tensors })
+        Ok(Self {
+            tensors,
+            precision: Precision::configured(),
+        })
     }
 
     /// A map of tensors already in the TF.js layout and naming, e.g. converted from another
     /// framework's weight file.
     pub fn from_tensors(tensors: HashMap<String, Tensor>) -> Self {
-        Self { tensors }
+        Self {
+            tensors,
+            precision: Precision::configured(),
+        }
+    }
+
+    /// The same weights, for networks whose dense convolutions run their products in
+    /// `precision` (by default [`Precision::configured`]).
+    pub fn with_precision(self, precision: Precision) -> Self {
+        Self { precision, ..self }
+    }
+
+    /// What the dense convolutions built from these weights run their products in.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// The tensor `name`, checked to have exactly `shape`.

@@ -5,9 +5,10 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use common::{
     best_match, demo_photo_rgb, face_api_weights, faceapi_fixture, formula_image, formula_tensor,
-    max_abs_diff, max_abs_diff_tensors,
+    max_abs_diff, max_abs_diff_tensors, precisions,
 };
 use rollcall_models::detection::{Detection, FaceBox};
+use rollcall_models::layers::Precision;
 use rollcall_models::preprocess::{to_batch_tensor, FloatImage};
 use rollcall_models::tiny_face_detector::TinyFaceDetector;
 use serde::Deserialize;
@@ -41,7 +42,12 @@ struct Tiny {
 }
 
 fn net() -> TinyFaceDetector {
-    TinyFaceDetector::load(&face_api_weights(TinyFaceDetector::MODEL)).unwrap()
+    net_in(Precision::configured())
+}
+
+fn net_in(precision: Precision) -> TinyFaceDetector {
+    let weights = face_api_weights(TinyFaceDetector::MODEL).with_precision(precision);
+    TinyFaceDetector::load(&weights).unwrap()
 }
 
 fn samples() -> Vec<(Sample, FloatImage)> {
@@ -69,26 +75,31 @@ fn box_diff(a: &FaceBox, b: &FaceBox) -> f32 {
 
 #[test]
 fn raw_output_matches_face_api_on_formula_image() {
-    let net = net();
     let fixed: Fixed = faceapi_fixture("fixed.json");
     let s = fixed.tiny_raw.size;
     let x = formula_tensor(s);
-    net.forward(&x).unwrap(); // warm-up, so the timing below is steady-state
-    let start = Instant::now();
-    let out = net.forward(&x).unwrap();
-    println!(
-        "tiny forward {s}x{s}, batch 1: {:.1} ms",
-        start.elapsed().as_secs_f64() * 1e3
-    );
-    let nhwc = out.permute((0, 2, 3, 1)).unwrap();
-    assert_eq!(nhwc.dims(), fixed.tiny_raw.output_shape.as_slice());
-    let got: Vec<f32> = nhwc.flatten_all().unwrap().to_vec1().unwrap();
-    let diff = max_abs_diff(&got, &fixed.tiny_raw.output_sample);
-    println!(
-        "tiny raw output: max abs diff {diff:e} over {} values",
-        fixed.tiny_raw.output_sample.len()
-    );
-    assert!(diff < 1e-3, "raw output differs by {diff}");
+    for (precision, tolerance) in precisions(1e-3, 0.2) {
+        let net = net_in(precision);
+        net.forward(&x).unwrap(); // warm-up, so the timing below is steady-state
+        let start = Instant::now();
+        let out = net.forward(&x).unwrap();
+        println!(
+            "{precision:?}: tiny forward {s}x{s}, batch 1: {:.1} ms",
+            start.elapsed().as_secs_f64() * 1e3
+        );
+        let nhwc = out.permute((0, 2, 3, 1)).unwrap();
+        assert_eq!(nhwc.dims(), fixed.tiny_raw.output_shape.as_slice());
+        let got: Vec<f32> = nhwc.flatten_all().unwrap().to_vec1().unwrap();
+        let diff = max_abs_diff(&got, &fixed.tiny_raw.output_sample);
+        println!(
+            "{precision:?}: tiny raw output: max abs diff {diff:e} over {} values",
+            fixed.tiny_raw.output_sample.len()
+        );
+        assert!(
+            diff < tolerance,
+            "{precision:?}: raw output differs by {diff}"
+        );
+    }
 }
 
 #[test]

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 use super::panel_gemm;
 use super::{
     check_residual, input, nchw, stencil, stencil::single_channel, Activation, Geometry, MaxPool,
-    Packed, PaddedPlanes, PaddingFn, Phased, ResidualKernel, SharedOut,
+    Packed, PaddedPlanes, PaddingFn, Phased, Precision, ResidualKernel, SharedOut,
 };
 
 /// Filters with at most this many taps per output (`cin * k * k`, not 1×1 stride 1) run on the
@@ -26,6 +26,8 @@ pub struct DenseConv {
     packed: Packed,
     cin: usize,
     cout: usize,
+    /// What the matrix products run in.
+    precision: Precision,
     /// The filter packed for the AVX-512 matrix product, on the first product wide enough for
     /// it (after any folding); `None` inside when the CPU lacks AVX-512.
     #[cfg(target_arch = "x86_64")]
@@ -33,7 +35,8 @@ pub struct DenseConv {
 }
 
 impl DenseConv {
-    /// Packs a `[cout, cin, k, k]` filter (as its contiguous data) and an optional bias.
+    /// Packs a `[cout, cin, k, k]` filter (as its contiguous data) and an optional bias, for
+    /// products in the [configured](Precision::configured) precision.
     pub fn new(
         weight: Vec<f32>,
         bias: Option<Vec<f32>>,
@@ -46,9 +49,16 @@ impl DenseConv {
             packed: Packed::new(weight, bias, cout, kernel, stride, padding),
             cin,
             cout,
+            precision: Precision::configured(),
             #[cfg(target_arch = "x86_64")]
             panels: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Runs the matrix products in `precision` from now on.
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.packed_mut();
+        self.precision = precision;
     }
 
     /// The packed filter, bias and activation.
@@ -112,8 +122,8 @@ impl DenseConv {
     /// `dst = act(W · cols + bias [+ residual])` for `n` output columns: `cols` is the
     /// `cin·k·k × n` column matrix, `dst` (`(pointer, n, row stride)`) the `cout` rows of `n`
     /// outputs spaced `row stride` apart, and `residual` laid out like `dst` from its start.
-    /// Runs on [`panel_gemm`] where the CPU has AVX-512 and there are at least
-    /// [`panel_gemm::MIN_COLUMNS`] columns, on `gemm` otherwise.
+    /// Runs on [`panel_gemm`] (in the layer's precision) where the CPU has AVX-512 and there
+    /// are at least [`panel_gemm::min_columns`] columns, on `gemm` (f32) otherwise.
     ///
     /// # Safety
     /// `dst` must be valid for reads and writes of `cout` rows of `n` samples spaced
@@ -128,10 +138,12 @@ impl DenseConv {
     ) {
         // Packed only for a layer that gets this wide, so small layers hold one copy.
         #[cfg(target_arch = "x86_64")]
-        if let Some(panels) = (n >= panel_gemm::MIN_COLUMNS)
+        if let Some(panels) = (n >= panel_gemm::min_columns(self.precision))
             .then(|| {
-                self.panels
-                    .get_or_init(|| panel_gemm::Panels::new(&self.packed.weight, &self.packed.bias))
+                self.panels.get_or_init(|| {
+                    let Packed { weight, bias, .. } = &self.packed;
+                    panel_gemm::Panels::new(weight, bias, self.precision)
+                })
             })
             .and_then(Option::as_ref)
         {

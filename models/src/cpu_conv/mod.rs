@@ -76,6 +76,28 @@ impl Activation {
     }
 }
 
+/// What a dense convolution's products are computed in; the sums are f32 either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// f32 products.
+    F32,
+    /// bfloat16 products (8 significant bits) where the CPU has AVX512-BF16 and the product
+    /// runs on [`panel_gemm`]; f32 elsewhere.
+    Bf16,
+}
+
+impl Precision {
+    /// [`Precision::Bf16`] unless `ROLLCALL_CPU_BF16` is `0` (read once): what layers are
+    /// built with unless told otherwise.
+    pub fn configured() -> Self {
+        static CONFIGURED: std::sync::OnceLock<Precision> = std::sync::OnceLock::new();
+        *CONFIGURED.get_or_init(|| match std::env::var("ROLLCALL_CPU_BF16") {
+            Ok(v) if v.trim() == "0" => Self::F32,
+            _ => Self::Bf16,
+        })
+    }
+}
+
 /// An output buffer that several threads write disjoint parts of.
 #[derive(Clone, Copy)]
 struct SharedOut(*mut f32);

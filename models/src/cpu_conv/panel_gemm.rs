@@ -3,19 +3,27 @@
 //!
 //! The filter is packed once into panels of [`ROWS`] output channels (`[depth][ROWS]`, zero
 //! rows padding the last panel). The column matrix is packed per tile of [`COLUMNS`] outputs
-//! and at most [`MAX_DEPTH`] inner steps into a contiguous buffer that stays in cache while
+//! and at most [`MAX_DEPTH`] packed rows into a contiguous buffer that stays in cache while
 //! every channel panel runs over it. The micro-kernel holds `ROWS × COLUMNS` sums in 24 of
 //! the 32 vector registers: the bias (and residual) seed them, the activation runs on them and
 //! they are stored once. The `gemm` crate's path instead pre-fills the output with the bias,
 //! multiplies into it with its AVX2 kernel (16 registers) and passes over it again for the
 //! activation.
+//!
+//! In [`Precision::Bf16`], on CPUs with AVX512-BF16 (AMD Zen 4 on, Intel Cooper Lake and
+//! Sapphire Rapids on): the filter rounded to bfloat16 once, the columns as
+//! they are packed, each packed row holding two inner steps as pairs, and one `vdpbf16ps`
+//! adding two products per lane to the f32 sums: twice the multiply-adds of an f32 FMA per
+//! instruction. The inputs keep 8 significant bits (an output moves by about 0.2–0.4% of its
+//! scale); the sums stay f32. Layers built in [`Precision::F32`] (`ROLLCALL_CPU_BF16=0`)
+//! keep every product in f32.
 
 use std::arch::x86_64::*;
 
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::{Activation, SharedOut};
+use super::{Activation, Precision, SharedOut};
 
 /// Fewest output columns worth this kernel, 8 full tiles (the caller keeps `gemm` below).
 /// Measured with `kernels` on an AVX-512 AMD EPYC, alternated against `gemm`: 1×1 64 → 128 at
@@ -24,6 +32,27 @@ use super::{Activation, SharedOut};
 /// and the ResNet's 3×3 at 8² and 4² (64 and 16 columns, mostly idle lanes in a 48-column
 /// tile) 101 and 62 against 149 and 152. Fused separable blocks run bands this wide on it.
 pub const MIN_COLUMNS: usize = 384;
+
+/// Fewest output columns worth the kernel in [`Precision::Bf16`], whose products run twice as
+/// fast: two tiles, a third of their lanes idle at the least.
+const MIN_COLUMNS_BF16: usize = 64;
+
+/// Fewest output columns worth this kernel for products in `precision` (the caller keeps
+/// `gemm` below).
+pub fn min_columns(precision: Precision) -> usize {
+    match effective(precision) {
+        Precision::F32 => MIN_COLUMNS,
+        Precision::Bf16 => MIN_COLUMNS_BF16,
+    }
+}
+
+/// `precision` where this CPU runs it, else [`Precision::F32`].
+fn effective(precision: Precision) -> Precision {
+    match precision {
+        Precision::Bf16 if bf16_available() => Precision::Bf16,
+        _ => Precision::F32,
+    }
+}
 
 /// Output channels per filter panel (one broadcast each per inner step).
 const ROWS: usize = 8;
@@ -34,7 +63,8 @@ const VECTORS: usize = 3;
 /// Output columns per tile.
 const COLUMNS: usize = 16 * VECTORS;
 
-/// Most inner steps packed at once: a `MAX_DEPTH × COLUMNS` tile is 72 KiB, inside L2.
+/// Most packed rows at once: a `MAX_DEPTH × COLUMNS` tile of 32-bit samples is 72 KiB,
+/// inside L2.
 const MAX_DEPTH: usize = 384;
 
 /// Whether this CPU runs the kernel (AVX-512F).
@@ -42,17 +72,37 @@ pub fn available() -> bool {
     std::arch::is_x86_feature_detected!("avx512f")
 }
 
+/// Inner steps per packed row in `precision`.
+fn steps(precision: Precision) -> usize {
+    match precision {
+        Precision::F32 => 1,
+        Precision::Bf16 => 2,
+    }
+}
+
+/// Whether this CPU runs [`Precision::Bf16`] (AVX512-BF16 and AVX512-BW).
+fn bf16_available() -> bool {
+    available()
+        && std::arch::is_x86_feature_detected!("avx512bf16")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+}
+
 /// A filter packed for [`Panels::run`], with its bias padded to whole panels.
 #[derive(Debug, Clone)]
 pub struct Panels {
-    /// `[panel][depth][ROWS]`.
-    weights: Vec<f32>,
+    /// `[panel][packed row][ROWS]`: f32 bits, or two bf16 (the even inner step in the low
+    /// half), as `precision` says.
+    weights: Vec<u32>,
     /// One per packed row.
     bias: Vec<f32>,
     /// Output channels.
     m: usize,
     /// Inner dimension.
     depth: usize,
+    /// Packed rows per panel (`depth` over the precision's steps per row, rounded up).
+    rows: usize,
+    /// What the products run in.
+    precision: Precision,
 }
 
 /// Where one micro-kernel call reads and writes.
@@ -70,20 +120,27 @@ struct Tile {
 }
 
 impl Panels {
-    /// Packs a row-major `m × depth` filter and its `m` biases; `None` without AVX-512F (the
+    /// Packs a row-major `m × depth` filter and its `m` biases for products in `precision`
+    /// ([`Precision::F32`] where the CPU lacks AVX512-BF16); `None` without AVX-512F (the
     /// caller keeps the `gemm` path).
-    pub fn new(weight: &[f32], bias: &[f32]) -> Option<Self> {
+    pub fn new(weight: &[f32], bias: &[f32], precision: Precision) -> Option<Self> {
         if !available() {
             return None;
         }
+        let precision = effective(precision);
         let m = bias.len();
         let depth = weight.len() / m;
+        let rows = depth.div_ceil(steps(precision));
         let panels = m.div_ceil(ROWS);
-        let mut weights = vec![0f32; panels * depth * ROWS];
+        let mut weights = vec![0u32; panels * rows * ROWS];
         for (c, row) in weight.chunks_exact(depth).enumerate() {
-            let panel = &mut weights[(c / ROWS) * depth * ROWS..][..depth * ROWS];
+            let panel = &mut weights[(c / ROWS) * rows * ROWS..][..rows * ROWS];
             for (k, &w) in row.iter().enumerate() {
-                panel[k * ROWS + c % ROWS] = w;
+                let at = &mut panel[(k / steps(precision)) * ROWS + c % ROWS];
+                match precision {
+                    Precision::F32 => *at = w.to_bits(),
+                    Precision::Bf16 => *at |= u32::from(to_bf16(w)) << (16 * (k % 2)),
+                }
             }
         }
         let mut padded = bias.to_vec();
@@ -93,6 +150,8 @@ impl Panels {
             bias: padded,
             m,
             depth,
+            rows,
+            precision,
         })
     }
 
@@ -129,7 +188,7 @@ impl Panels {
         };
         let per_range = panels.div_ceil(ranges);
         let out = SharedOut(dst);
-        let item = |i: usize, buf: &mut Vec<f32>| {
+        let item = |i: usize, buf: &mut Vec<u32>| {
             let (tile, range) = (i / ranges, i % ranges);
             let first = range * per_range;
             let last = (first + per_range).min(panels);
@@ -168,7 +227,7 @@ impl Panels {
         residual: Option<&[f32]>,
         activation: Activation,
         (tile, panels): (usize, std::ops::Range<usize>),
-        buf: &mut Vec<f32>,
+        buf: &mut Vec<u32>,
     ) {
         let col0 = tile * COLUMNS;
         let width = (n - col0).min(COLUMNS);
@@ -176,16 +235,28 @@ impl Panels {
             let valid = width.saturating_sub(16 * v).min(16);
             ((1u32 << valid) - 1) as __mmask16
         });
-        let blocks = self.depth.div_ceil(MAX_DEPTH).max(1);
-        let step = self.depth.div_ceil(blocks);
-        buf.resize(step * COLUMNS, 0.0);
+        let blocks = self.rows.div_ceil(MAX_DEPTH).max(1);
+        let step = self.rows.div_ceil(blocks);
+        buf.resize(step * COLUMNS, 0);
+        let matrix = Columns {
+            cols,
+            n,
+            depth: self.depth,
+            col0,
+            masks,
+        };
         for block in 0..blocks {
-            let k0 = block * step;
-            let k1 = (k0 + step).min(self.depth);
-            for (k, dst) in (k0..k1).zip(buf.chunks_exact_mut(COLUMNS)) {
-                dst[..width].copy_from_slice(&cols[k * n + col0..][..width]);
-                dst[width..].fill(0.0);
-            }
+            let r0 = block * step;
+            let r1 = (r0 + step).min(self.rows);
+            let packed = &mut buf[..(r1 - r0) * COLUMNS];
+            // SAFETY: `cols` holds `depth × n` samples (the caller's contract) and the masks
+            // stop at `n`.
+            unsafe {
+                match self.precision {
+                    Precision::F32 => matrix.pack_f32(r0..r1, packed),
+                    Precision::Bf16 => matrix.pack_bf16(r0..r1, packed),
+                }
+            };
             for p in panels.clone() {
                 let row0 = p * ROWS;
                 let tile = Tile {
@@ -198,38 +269,119 @@ impl Panels {
                     rows: (self.m - row0).min(ROWS),
                     masks,
                 };
-                let weights = &self.weights[(p * self.depth + k0) * ROWS..][..(k1 - k0) * ROWS];
+                let weights = &self.weights[(p * self.rows + r0) * ROWS..][..(r1 - r0) * ROWS];
                 let seed = (block == 0).then(|| &self.bias[row0..row0 + ROWS]);
                 let activation = (block + 1 == blocks).then_some(activation);
                 // SAFETY: the tile's rows and masked columns lie inside `dst`; `weights`
-                // and `buf` hold `k1 - k0` steps.
-                unsafe { micro_kernel(weights, buf, k1 - k0, &tile, seed, activation) };
+                // and `packed` hold `r1 - r0` rows; `Bf16` panels exist only where the CPU
+                // has AVX512-BF16.
+                unsafe {
+                    match self.precision {
+                        Precision::F32 => f32_kernel(weights, packed, &tile, seed, activation),
+                        Precision::Bf16 => bf16_kernel(weights, packed, &tile, seed, activation),
+                    }
+                };
             }
         }
     }
 }
 
-/// `ROWS × COLUMNS` sums over `depth` steps: seeded with `bias` (plus the tile's residual)
-/// when given, else with what the tile holds (a later depth block); `activation` applied, when
-/// given, before the masked store of the tile's valid rows and columns.
+/// One column tile of the `depth × n` column matrix, to pack.
+struct Columns<'a> {
+    cols: &'a [f32],
+    n: usize,
+    depth: usize,
+    /// First column of the tile.
+    col0: usize,
+    /// Valid columns of each register.
+    masks: [__mmask16; VECTORS],
+}
+
+impl Columns<'_> {
+    /// Inner steps `rows` as f32 bits, [`COLUMNS`] per row, zero past the tile's width.
+    ///
+    /// # Safety
+    /// `cols` must hold `depth × n` samples and the masks cover columns below `n` only.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn pack_f32(&self, rows: std::ops::Range<usize>, packed: &mut [u32]) {
+        for (k, dst) in rows.zip(packed.chunks_exact_mut(COLUMNS)) {
+            for (v, &mask) in self.masks.iter().enumerate() {
+                // SAFETY: `dst` holds `COLUMNS` samples; see the function's contract.
+                unsafe {
+                    let x = self.load(k, v, mask);
+                    _mm512_storeu_ps(dst[16 * v..].as_mut_ptr().cast(), x);
+                }
+            }
+        }
+    }
+
+    /// Packed rows `rows` (inner steps `2r` and `2r + 1`) as bf16 pairs, [`COLUMNS`] per
+    /// row: lane `j` of a row holds column `j` of step `2r` in its low half and of `2r + 1`
+    /// in its high half, zero past the tile's width and past the depth.
+    ///
+    /// # Safety
+    /// As for [`Self::pack_f32`], on a CPU with AVX512-BF16 and AVX512-BW.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn pack_bf16(&self, rows: std::ops::Range<usize>, packed: &mut [u32]) {
+        // The conversion puts the even step's 16 columns in the low 16 lanes and the odd
+        // step's in the high ones; lane 2j then takes column j of the even step, 2j + 1 of
+        // the odd one.
+        let interleave = _mm512_set_epi16(
+            31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20,
+            4, 19, 3, 18, 2, 17, 1, 16, 0,
+        );
+        for (r, dst) in rows.zip(packed.chunks_exact_mut(COLUMNS)) {
+            for (v, &mask) in self.masks.iter().enumerate() {
+                // SAFETY: `dst` holds `COLUMNS` samples; see the function's contract.
+                unsafe {
+                    let (even, odd) = (self.load(2 * r, v, mask), self.load(2 * r + 1, v, mask));
+                    let pairs: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(odd, even));
+                    let lanes = _mm512_permutexvar_epi16(interleave, pairs);
+                    _mm512_storeu_si512(dst[16 * v..].as_mut_ptr().cast(), lanes);
+                }
+            }
+        }
+    }
+
+    /// Register `v` of the tile's columns of inner step `k`: zero past the mask and past the
+    /// depth.
+    ///
+    /// # Safety
+    /// As for [`Self::pack_f32`].
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load(&self, k: usize, v: usize, mask: __mmask16) -> __m512 {
+        if k < self.depth {
+            // SAFETY: row `k` holds `n` samples and the mask stops at `n`.
+            unsafe {
+                _mm512_maskz_loadu_ps(
+                    mask,
+                    self.cols.as_ptr().add(k * self.n + self.col0 + 16 * v),
+                )
+            }
+        } else {
+            _mm512_setzero_ps()
+        }
+    }
+}
+
+/// Rounds to the nearest bf16, ties to even (finite inputs).
+fn to_bf16(x: f32) -> u16 {
+    let bits = x.to_bits();
+    ((bits + 0x7fff + ((bits >> 16) & 1)) >> 16) as u16
+}
+
+/// The micro-kernel's sums, `ROWS × COLUMNS` in registers.
+type Sums = [[__m512; VECTORS]; ROWS];
+
+/// The sums seeded with `bias` (plus the tile's residual) when given, else with what the
+/// tile holds (a later depth block).
 ///
 /// # Safety
-/// The tile's valid rows and columns must be valid for reads and writes (and its residual for
-/// reads); `weights` must hold `depth × ROWS` and `panel` `depth × COLUMNS` samples.
+/// The tile's valid rows and columns must be valid for reads (and its residual's).
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn micro_kernel(
-    weights: &[f32],
-    panel: &[f32],
-    depth: usize,
-    tile: &Tile,
-    bias: Option<&[f32]>,
-    activation: Option<Activation>,
-) {
-    debug_assert!(weights.len() >= depth * ROWS && panel.len() >= depth * COLUMNS);
-    // Loops over constant bounds only, no closures and no raw pointer steps: a closure is not
-    // compiled with this function's target features (so it is not inlined), and either that or
-    // an index known only at run time puts the sums in memory instead of registers.
+unsafe fn seed(tile: &Tile, bias: Option<&[f32]>) -> Sums {
     let mut acc = [[_mm512_setzero_ps(); VECTORS]; ROWS];
     for (r, acc) in acc.iter_mut().enumerate() {
         for (v, acc) in acc.iter_mut().enumerate() {
@@ -249,21 +401,17 @@ unsafe fn micro_kernel(
             };
         }
     }
-    let (weights, _) = weights.as_chunks::<ROWS>();
-    let (panel, _) = panel.as_chunks::<COLUMNS>();
-    for (w, p) in weights[..depth].iter().zip(&panel[..depth]) {
-        let mut cols = [_mm512_setzero_ps(); VECTORS];
-        for (v, c) in cols.iter_mut().enumerate() {
-            // SAFETY: `p` holds `COLUMNS` = 16 · `VECTORS` samples.
-            *c = unsafe { _mm512_loadu_ps(p[16 * v..].as_ptr()) };
-        }
-        for (acc, &w) in acc.iter_mut().zip(w) {
-            let w = _mm512_set1_ps(w);
-            for (a, &c) in acc.iter_mut().zip(&cols) {
-                *a = _mm512_fmadd_ps(w, c, *a);
-            }
-        }
-    }
+    acc
+}
+
+/// `activation` applied to the sums, when given, before the masked store of the tile's valid
+/// rows and columns.
+///
+/// # Safety
+/// The tile's valid rows and columns must be valid for writes.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn store(mut acc: Sums, tile: &Tile, activation: Option<Activation>) {
     if let Some(activation) = activation {
         for a in acc.iter_mut().flatten() {
             *a = activation.apply_512(*a);
@@ -279,6 +427,82 @@ unsafe fn micro_kernel(
             }
         }
     }
+}
+
+/// `ROWS × COLUMNS` sums of f32 products over the packed rows, between [`seed`] and
+/// [`store`].
+///
+/// # Safety
+/// As for [`seed`] and [`store`]; `weights` must hold `ROWS` and `panel` `COLUMNS` samples
+/// per packed row, as many rows each.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn f32_kernel(
+    weights: &[u32],
+    panel: &[u32],
+    tile: &Tile,
+    bias: Option<&[f32]>,
+    activation: Option<Activation>,
+) {
+    // Loops over constant bounds only, no closures and no raw pointer steps: a closure is not
+    // compiled with this function's target features (so it is not inlined), and either that or
+    // an index known only at run time puts the sums in memory instead of registers.
+    // SAFETY: see the function's contract.
+    let mut acc = unsafe { seed(tile, bias) };
+    let (weights, _) = weights.as_chunks::<ROWS>();
+    let (panel, _) = panel.as_chunks::<COLUMNS>();
+    for (w, p) in weights.iter().zip(panel) {
+        let mut cols = [_mm512_setzero_ps(); VECTORS];
+        for (v, c) in cols.iter_mut().enumerate() {
+            // SAFETY: `p` holds `COLUMNS` = 16 · `VECTORS` samples.
+            *c = unsafe { _mm512_loadu_ps(p[16 * v..].as_ptr().cast()) };
+        }
+        for (acc, &w) in acc.iter_mut().zip(w) {
+            let w = _mm512_set1_ps(f32::from_bits(w));
+            for (a, &c) in acc.iter_mut().zip(&cols) {
+                *a = _mm512_fmadd_ps(w, c, *a);
+            }
+        }
+    }
+    // SAFETY: see the function's contract.
+    unsafe { store(acc, tile, activation) };
+}
+
+/// As [`f32_kernel`], with each packed row two bf16 inner steps per lane (`vdpbf16ps`).
+///
+/// # Safety
+/// As for [`f32_kernel`], on a CPU with AVX512-BF16.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn bf16_kernel(
+    weights: &[u32],
+    panel: &[u32],
+    tile: &Tile,
+    bias: Option<&[f32]>,
+    activation: Option<Activation>,
+) {
+    // SAFETY: see the function's contract.
+    let mut acc = unsafe { seed(tile, bias) };
+    let (weights, _) = weights.as_chunks::<ROWS>();
+    let (panel, _) = panel.as_chunks::<COLUMNS>();
+    for (w, p) in weights.iter().zip(panel) {
+        let mut cols = [_mm512_setzero_ps(); VECTORS];
+        for (v, c) in cols.iter_mut().enumerate() {
+            // SAFETY: `p` holds `COLUMNS` = 16 · `VECTORS` samples.
+            *c = unsafe { _mm512_loadu_ps(p[16 * v..].as_ptr().cast()) };
+        }
+        for (acc, &w) in acc.iter_mut().zip(w) {
+            // SAFETY: both are 512 bits of plain data (bf16 pairs).
+            let w: __m512bh = unsafe { std::mem::transmute(_mm512_set1_epi32(w as i32)) };
+            for (a, &c) in acc.iter_mut().zip(&cols) {
+                // SAFETY: as above.
+                let c: __m512bh = unsafe { std::mem::transmute(c) };
+                *a = _mm512_dpbf16_ps(*a, w, c);
+            }
+        }
+    }
+    // SAFETY: see the function's contract.
+    unsafe { store(acc, tile, activation) };
 }
 
 #[cfg(test)]
@@ -300,68 +524,97 @@ mod tests {
             .collect()
     }
 
+    /// `x` rounded to bf16 and back.
+    fn rounded(x: f32) -> f32 {
+        f32::from_bits(u32::from(to_bf16(x)) << 16)
+    }
+
+    #[test]
+    fn rounds_to_the_nearest_bf16() {
+        // 1 + 2⁻⁸ is a tie between 1 and 1 + 2⁻⁷: even mantissa (1) wins; 1 + 3·2⁻⁸ rounds up.
+        assert_eq!(rounded(1.0 + 1.0 / 256.0), 1.0);
+        assert_eq!(rounded(1.0 + 3.0 / 256.0), 1.0 + 4.0 / 256.0);
+        assert_eq!(rounded(-0.1), -0.10009765625);
+    }
+
+    /// Each precision against the product in f64 of the inputs it sees (rounded to bf16 for
+    /// [`Precision::Bf16`]), so a wrong pairing or layout fails at any tolerance bf16 allows.
     #[test]
     fn equals_the_plain_product_on_odd_shapes() {
-        let Some(_) = Panels::new(&[1.0], &[0.0]) else {
+        if !available() {
             println!("no AVX-512F on this CPU: the panel kernel is never used here");
             return;
-        };
+        }
         // (channels, depth, columns, row stride, residual, activation, threads): odd channel
-        // counts, depths over one block, column tails, strided rows.
+        // counts and depths, depths over one block, column tails, strided rows.
         let cases = [
             (8, 16, 48, 48, false, Activation::Identity, 1),
             (13, 7, 50, 61, true, Activation::Relu, 1),
             (3, 5, 17, 17, false, Activation::Relu6, 2),
-            (70, 400, 101, 101, true, Activation::Leaky(0.1), 2),
+            (70, 401, 101, 101, true, Activation::Leaky(0.1), 2),
             (16, 1000, 9, 20, false, Activation::Relu, 2),
             (128, 64, 300, 300, false, Activation::Relu6, 2),
+            (9, 1601, 60, 60, true, Activation::Identity, 2),
         ];
-        for (i, &(m, depth, n, stride, with_residual, activation, threads)) in
-            cases.iter().enumerate()
-        {
-            let weight = noise(m * depth, 3 * i as u64);
-            let bias = noise(m, 3 * i as u64 + 1);
-            let cols = noise(depth * n, 3 * i as u64 + 2);
-            let residual = with_residual.then(|| noise(m * stride, 7 + i as u64));
-            let sentinel = 1234.5;
-            let mut dst = vec![sentinel; m * stride];
-            let panels = Panels::new(&weight, &bias).unwrap();
-            let parallelism = if threads > 1 {
-                Parallelism::Rayon(threads)
-            } else {
-                Parallelism::None
+        for precision in [Precision::F32, Precision::Bf16] {
+            if Panels::new(&[1.0], &[0.0], precision).unwrap().precision != precision {
+                println!("{precision:?} products do not run on this CPU");
+                continue;
+            }
+            let seen = |x: f32| match precision {
+                Precision::F32 => x,
+                Precision::Bf16 => rounded(x),
             };
-            // SAFETY: `dst` is `m` rows of `stride ≥ n` samples, owned here.
-            unsafe {
-                panels.run(
-                    &cols,
-                    (dst.as_mut_ptr(), n, stride),
-                    residual.as_deref(),
-                    activation,
-                    parallelism,
-                )
-            };
-            for c in 0..m {
-                for j in 0..stride {
-                    let got = dst[c * stride + j];
-                    if j >= n {
-                        assert_eq!(got, sentinel, "case {i}: wrote past row {c}'s columns");
-                        continue;
+            for (i, &(m, depth, n, stride, with_residual, activation, threads)) in
+                cases.iter().enumerate()
+            {
+                let weight = noise(m * depth, 3 * i as u64);
+                let bias = noise(m, 3 * i as u64 + 1);
+                let cols = noise(depth * n, 3 * i as u64 + 2);
+                let residual = with_residual.then(|| noise(m * stride, 7 + i as u64));
+                let sentinel = 1234.5;
+                let mut dst = vec![sentinel; m * stride];
+                let panels = Panels::new(&weight, &bias, precision).unwrap();
+                let parallelism = if threads > 1 {
+                    Parallelism::Rayon(threads)
+                } else {
+                    Parallelism::None
+                };
+                // SAFETY: `dst` is `m` rows of `stride ≥ n` samples, owned here.
+                unsafe {
+                    panels.run(
+                        &cols,
+                        (dst.as_mut_ptr(), n, stride),
+                        residual.as_deref(),
+                        activation,
+                        parallelism,
+                    )
+                };
+                for c in 0..m {
+                    for j in 0..stride {
+                        let got = dst[c * stride + j];
+                        if j >= n {
+                            assert_eq!(got, sentinel, "case {i}: wrote past row {c}'s columns");
+                            continue;
+                        }
+                        let mut want = (0..depth)
+                            .map(|k| {
+                                f64::from(seen(weight[c * depth + k]))
+                                    * f64::from(seen(cols[k * n + j]))
+                            })
+                            .sum::<f64>() as f32
+                            + bias[c];
+                        if let Some(r) = &residual {
+                            want += r[c * stride + j];
+                        }
+                        let mut want = [want];
+                        activation.apply(&mut want);
+                        assert!(
+                            (got - want[0]).abs() <= 1e-4 * (1.0 + want[0].abs()),
+                            "{precision:?} case {i} ({m}×{depth}×{n}): [{c}, {j}] {got} vs {}",
+                            want[0]
+                        );
                     }
-                    let mut want = (0..depth)
-                        .map(|k| f64::from(weight[c * depth + k]) * f64::from(cols[k * n + j]))
-                        .sum::<f64>() as f32
-                        + bias[c];
-                    if let Some(r) = &residual {
-                        want += r[c * stride + j];
-                    }
-                    let mut want = [want];
-                    activation.apply(&mut want);
-                    assert!(
-                        (got - want[0]).abs() <= 1e-4 * (1.0 + want[0].abs()),
-                        "case {i} ({m}×{depth}×{n}): [{c}, {j}] {got} vs {}",
-                        want[0]
-                    );
                 }
             }
         }

@@ -12,6 +12,7 @@ use image::RgbImage;
 use rollcall_models::detection::{Detection, FaceBox};
 use rollcall_models::dlib_weights::{load_dlib_resnet, DLIB_RESNET_FILE};
 use rollcall_models::image_io::{decode_rgb, DEFAULT_MAX_PIXELS};
+use rollcall_models::layers::Precision;
 use rollcall_models::preprocess::{to_batch_tensor, FloatImage};
 use rollcall_models::tfjs::WeightMap;
 use serde::de::DeserializeOwned;
@@ -33,9 +34,20 @@ pub fn dlib_file() -> PathBuf {
     assets().join("dlib").join(DLIB_RESNET_FILE)
 }
 
-/// face-api's weights of `model` (e.g. `TinyFaceDetector::MODEL`) on the CPU.
+/// face-api's weights of `model` (e.g. `TinyFaceDetector::MODEL`) on the CPU, for the
+/// configured precision.
 pub fn face_api_weights(model: &str) -> WeightMap {
     WeightMap::load(&model_dir().join("model"), model, &Device::Cpu).unwrap()
+}
+
+/// The precisions a raw-output golden test runs in, each with its tolerance: the f32 one the
+/// test was written for, and a looser one for bf16 products (8 significant bits; where the
+/// CPU lacks AVX512-BF16 that run is f32 again and passes the tighter bound).
+pub fn precisions(f32_tolerance: f32, bf16_tolerance: f32) -> [(Precision, f32); 2] {
+    [
+        (Precision::F32, f32_tolerance),
+        (Precision::Bf16, bf16_tolerance),
+    ]
 }
 
 /// dlib's float32 ResNet weights on the CPU, under face-api's tensor names.
