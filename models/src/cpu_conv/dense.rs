@@ -29,9 +29,10 @@ pub struct DenseConv {
     /// What the matrix products run in.
     precision: Precision,
     /// The filter packed for the AVX-512 matrix product, on the first product wide enough for
-    /// it (after any folding); `None` inside when the CPU lacks AVX-512.
+    /// it (after any folding); `None` inside when the CPU lacks AVX-512. Boxed: most layers
+    /// never pack one, and every conv stays small enough to hold inline.
     #[cfg(target_arch = "x86_64")]
-    panels: std::sync::OnceLock<Option<panel_gemm::Panels>>,
+    panels: std::sync::OnceLock<Option<Box<panel_gemm::Panels>>>,
 }
 
 impl DenseConv {
@@ -142,7 +143,7 @@ impl DenseConv {
             .then(|| {
                 self.panels.get_or_init(|| {
                     let Packed { weight, bias, .. } = &self.packed;
-                    panel_gemm::Panels::new(weight, bias, self.precision)
+                    panel_gemm::Panels::new(weight, bias, self.precision).map(Box::new)
                 })
             })
             .and_then(Option::as_ref)

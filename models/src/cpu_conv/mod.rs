@@ -2,11 +2,12 @@
 //! tensors end to end.
 //!
 //! - Dense convolutions ([`DenseConv`]): im2col (skipped for 1×1 stride-1 filters) and one
-//!   matrix product per image. With AVX-512 and at least [`panel_gemm::MIN_COLUMNS`] output
+//!   matrix product per image. With AVX-512 and at least [`panel_gemm::min_columns`] output
 //!   columns that is the [`panel_gemm`] kernel, which seeds its registers with the bias (and
-//!   residual) and applies the activation before its one store; otherwise `gemm` into an output pre-filled with the bias (and the residual branch,
-//!   when there is one), the activation running over each image's output while it is still in
-//!   cache. Filters with few taps (the 3-channel first layers) run on the direct [`stencil`]
+//!   residual) and applies the activation before its one store, its products in the layer's
+//!   [`Precision`] (bf16 by default where the CPU has AVX512-BF16); otherwise `gemm` (f32)
+//!   into an output pre-filled with the bias (and the residual branch, when there is one), the
+//!   activation running over each image's output while it is still in cache. Filters with few taps (the 3-channel first layers) run on the direct [`stencil`]
 //!   kernel instead, where packing the columns would dominate.
 //! - Depthwise convolutions ([`DepthwiseConv`]): the direct [`stencil`] kernel per channel
 //!   plane, with the bias and activation fused.

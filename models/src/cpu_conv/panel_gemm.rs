@@ -534,7 +534,7 @@ mod tests {
         // 1 + 2⁻⁸ is a tie between 1 and 1 + 2⁻⁷: even mantissa (1) wins; 1 + 3·2⁻⁸ rounds up.
         assert_eq!(rounded(1.0 + 1.0 / 256.0), 1.0);
         assert_eq!(rounded(1.0 + 3.0 / 256.0), 1.0 + 4.0 / 256.0);
-        assert_eq!(rounded(-0.1), -0.10009765625);
+        assert_eq!(rounded(-0.1), -205.0 / 2048.0);
     }
 
     /// Each precision against the product in f64 of the inputs it sees (rounded to bf16 for
