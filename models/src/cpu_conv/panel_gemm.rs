@@ -429,13 +429,104 @@ unsafe fn store(mut acc: Sums, tile: &Tile, activation: Option<Activation>) {
     }
 }
 
-/// `ROWS × COLUMNS` sums of f32 products over the packed rows, between [`seed`] and
-/// [`store`].
+/// The multiply-add of one packed row into the sums, per precision.
+trait RowProduct {
+    /// One packed sample of the filter (a channel's weight) in every lane.
+    ///
+    /// # Safety
+    /// The CPU must have the implementation's instructions.
+    unsafe fn broadcast(w: u32) -> __m512;
+
+    /// `acc` plus the products of the broadcast weight `w` and the packed columns `c`.
+    ///
+    /// # Safety
+    /// As for [`Self::broadcast`].
+    unsafe fn madd(acc: __m512, w: __m512, c: __m512) -> __m512;
+}
+
+/// [`Precision::F32`]: one f32 FMA per lane.
+struct F32Row;
+
+impl RowProduct for F32Row {
+    #[inline(always)]
+    unsafe fn broadcast(w: u32) -> __m512 {
+        // SAFETY: AVX-512F (the caller's contract).
+        unsafe { _mm512_set1_ps(f32::from_bits(w)) }
+    }
+
+    #[inline(always)]
+    unsafe fn madd(acc: __m512, w: __m512, c: __m512) -> __m512 {
+        // SAFETY: as above.
+        unsafe { _mm512_fmadd_ps(w, c, acc) }
+    }
+}
+
+/// [`Precision::Bf16`]: two bf16 products per lane (`vdpbf16ps`), the even inner step in the
+/// low half of each 32-bit lane.
+struct Bf16Row;
+
+impl RowProduct for Bf16Row {
+    #[inline(always)]
+    unsafe fn broadcast(w: u32) -> __m512 {
+        // SAFETY: AVX-512F (the caller's contract); the bits are the weight's bf16 pair.
+        unsafe { _mm512_castsi512_ps(_mm512_set1_epi32(w as i32)) }
+    }
+
+    #[inline(always)]
+    unsafe fn madd(acc: __m512, w: __m512, c: __m512) -> __m512 {
+        // SAFETY: AVX512-BF16 (the caller's contract); both operands are 512 bits of bf16
+        // pairs.
+        unsafe {
+            let (w, c): (__m512bh, __m512bh) = (std::mem::transmute(w), std::mem::transmute(c));
+            _mm512_dpbf16_ps(acc, w, c)
+        }
+    }
+}
+
+/// `ROWS × COLUMNS` sums over the packed rows, between [`seed`] and [`store`]: the body of
+/// [`f32_kernel`] and [`bf16_kernel`], inlined into each so that it is compiled with its
+/// target features.
 ///
 /// # Safety
 /// As for [`seed`] and [`store`]; `weights` must hold `ROWS` and `panel` `COLUMNS` samples
-/// per packed row, as many rows each.
-#[inline]
+/// per packed row, as many rows each; the CPU must have `P`'s instructions.
+#[inline(always)]
+unsafe fn sums<P: RowProduct>(
+    weights: &[u32],
+    panel: &[u32],
+    tile: &Tile,
+    bias: Option<&[f32]>,
+    activation: Option<Activation>,
+) {
+    // Loops over constant bounds only, no closures and no raw pointer steps: a closure is not
+    // compiled with the caller's target features (so it is not inlined), and either that or
+    // an index known only at run time puts the sums in memory instead of registers.
+    // SAFETY: see the function's contract.
+    unsafe {
+        let mut acc = seed(tile, bias);
+        let (weights, _) = weights.as_chunks::<ROWS>();
+        let (panel, _) = panel.as_chunks::<COLUMNS>();
+        for (w, p) in weights.iter().zip(panel) {
+            let mut cols = [_mm512_setzero_ps(); VECTORS];
+            for (v, c) in cols.iter_mut().enumerate() {
+                // `p` holds `COLUMNS` = 16 · `VECTORS` samples.
+                *c = _mm512_loadu_ps(p[16 * v..].as_ptr().cast());
+            }
+            for (acc, &w) in acc.iter_mut().zip(w) {
+                let w = P::broadcast(w);
+                for (a, &c) in acc.iter_mut().zip(&cols) {
+                    *a = P::madd(*a, w, c);
+                }
+            }
+        }
+        store(acc, tile, activation);
+    }
+}
+
+/// [`sums`] of f32 products.
+///
+/// # Safety
+/// As for [`sums`], on a CPU with AVX-512F.
 #[target_feature(enable = "avx512f")]
 unsafe fn f32_kernel(
     weights: &[u32],
@@ -444,35 +535,14 @@ unsafe fn f32_kernel(
     bias: Option<&[f32]>,
     activation: Option<Activation>,
 ) {
-    // Loops over constant bounds only, no closures and no raw pointer steps: a closure is not
-    // compiled with this function's target features (so it is not inlined), and either that or
-    // an index known only at run time puts the sums in memory instead of registers.
     // SAFETY: see the function's contract.
-    let mut acc = unsafe { seed(tile, bias) };
-    let (weights, _) = weights.as_chunks::<ROWS>();
-    let (panel, _) = panel.as_chunks::<COLUMNS>();
-    for (w, p) in weights.iter().zip(panel) {
-        let mut cols = [_mm512_setzero_ps(); VECTORS];
-        for (v, c) in cols.iter_mut().enumerate() {
-            // SAFETY: `p` holds `COLUMNS` = 16 · `VECTORS` samples.
-            *c = unsafe { _mm512_loadu_ps(p[16 * v..].as_ptr().cast()) };
-        }
-        for (acc, &w) in acc.iter_mut().zip(w) {
-            let w = _mm512_set1_ps(f32::from_bits(w));
-            for (a, &c) in acc.iter_mut().zip(&cols) {
-                *a = _mm512_fmadd_ps(w, c, *a);
-            }
-        }
-    }
-    // SAFETY: see the function's contract.
-    unsafe { store(acc, tile, activation) };
+    unsafe { sums::<F32Row>(weights, panel, tile, bias, activation) }
 }
 
-/// As [`f32_kernel`], with each packed row two bf16 inner steps per lane (`vdpbf16ps`).
+/// [`sums`] of bf16 products, each packed row two inner steps.
 ///
 /// # Safety
-/// As for [`f32_kernel`], on a CPU with AVX512-BF16.
-#[inline]
+/// As for [`sums`], on a CPU with AVX-512F and AVX512-BF16.
 #[target_feature(enable = "avx512f,avx512bf16")]
 unsafe fn bf16_kernel(
     weights: &[u32],
@@ -482,27 +552,7 @@ unsafe fn bf16_kernel(
     activation: Option<Activation>,
 ) {
     // SAFETY: see the function's contract.
-    let mut acc = unsafe { seed(tile, bias) };
-    let (weights, _) = weights.as_chunks::<ROWS>();
-    let (panel, _) = panel.as_chunks::<COLUMNS>();
-    for (w, p) in weights.iter().zip(panel) {
-        let mut cols = [_mm512_setzero_ps(); VECTORS];
-        for (v, c) in cols.iter_mut().enumerate() {
-            // SAFETY: `p` holds `COLUMNS` = 16 · `VECTORS` samples.
-            *c = unsafe { _mm512_loadu_ps(p[16 * v..].as_ptr().cast()) };
-        }
-        for (acc, &w) in acc.iter_mut().zip(w) {
-            // SAFETY: both are 512 bits of plain data (bf16 pairs).
-            let w: __m512bh = unsafe { std::mem::transmute(_mm512_set1_epi32(w as i32)) };
-            for (a, &c) in acc.iter_mut().zip(&cols) {
-                // SAFETY: as above.
-                let c: __m512bh = unsafe { std::mem::transmute(c) };
-                *a = _mm512_dpbf16_ps(*a, w, c);
-            }
-        }
-    }
-    // SAFETY: see the function's contract.
-    unsafe { store(acc, tile, activation) };
+    unsafe { sums::<Bf16Row>(weights, panel, tile, bias, activation) }
 }
 
 #[cfg(test)]
