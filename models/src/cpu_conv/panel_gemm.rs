@@ -477,7 +477,8 @@ impl RowProduct for Bf16Row {
         // SAFETY: AVX512-BF16 (the caller's contract); both operands are 512 bits of bf16
         // pairs.
         unsafe {
-            let (w, c): (__m512bh, __m512bh) = (std::mem::transmute(w), std::mem::transmute(c));
+            let w = std::mem::transmute::<__m512, __m512bh>(w);
+            let c = std::mem::transmute::<__m512, __m512bh>(c);
             _mm512_dpbf16_ps(acc, w, c)
         }
     }
