@@ -58,7 +58,7 @@ impl DenseConv {
 
     /// Runs the matrix products in `precision` from now on.
     pub fn set_precision(&mut self, precision: Precision) {
-        self.packed_mut();
+        self.packed_mut(); // drops panels packed for the old precision
         self.precision = precision;
     }
 
