@@ -7,8 +7,9 @@
 //!   residual) and applies the activation before its one store, its products in the layer's
 //!   [`Precision`] (bf16 by default where the CPU has AVX512-BF16); otherwise `gemm` (f32)
 //!   into an output pre-filled with the bias (and the residual branch, when there is one), the
-//!   activation running over each image's output while it is still in cache. Filters with few taps (the 3-channel first layers) run on the direct [`stencil`]
-//!   kernel instead, where packing the columns would dominate.
+//!   activation running over each image's output while it is still in cache. Filters with
+//!   few taps (the 3-channel first layers) run on the direct [`stencil`] kernel instead, where
+//!   packing the columns would dominate.
 //! - Depthwise convolutions ([`DepthwiseConv`]): the direct [`stencil`] kernel per channel
 //!   plane, with the bias and activation fused.
 //! - Depthwise-separable blocks ([`Separable`]): the two above fused, a band of output rows at
