@@ -21,6 +21,8 @@
 //! images when the batch has at least as many images as threads, inside each image otherwise
 //! (column tiles for the matrix product, channel blocks or planes for the direct kernel).
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
 mod dense;
 mod depthwise;
 #[cfg(target_arch = "x86_64")]

@@ -17,13 +17,17 @@
 //! instruction. The inputs keep 8 significant bits (an output moves by about 0.2–0.4% of its
 //! scale); the sums stay f32. Layers built in [`Precision::F32`] (`ROLLCALL_CPU_BF16=0`)
 //! keep every product in f32.
+//!
+//! Where the CPU also has AMX (Intel Sapphire Rapids on), bf16 panels are [`amx`] tiles of 16
+//! output channels, the same packed columns feeding its tile products over the whole depth,
+//! and the sums go through the same epilogue as the register kernel's.
 
 use std::arch::x86_64::*;
 
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::{Activation, Precision, SharedOut};
+use super::{amx, Activation, Precision, SharedOut};
 
 /// Fewest output columns worth this kernel, 8 full tiles (the caller keeps `gemm` below).
 /// Measured with `kernels` on an AVX-512 AMD EPYC, alternated against `gemm`: 1×1 64 → 128 at
@@ -40,17 +44,76 @@ const MIN_COLUMNS_BF16: usize = 64;
 /// Fewest output columns worth this kernel for products in `precision` (the caller keeps
 /// `gemm` below).
 pub fn min_columns(precision: Precision) -> usize {
-    match effective(precision) {
-        Precision::F32 => MIN_COLUMNS,
-        Precision::Bf16 => MIN_COLUMNS_BF16,
+    match Kernel::for_precision(precision) {
+        Kernel::F32 => MIN_COLUMNS,
+        Kernel::Bf16 | Kernel::Amx => MIN_COLUMNS_BF16,
     }
 }
 
-/// `precision` where this CPU runs it, else [`Precision::F32`].
-fn effective(precision: Precision) -> Precision {
-    match precision {
-        Precision::Bf16 if bf16_available() => Precision::Bf16,
-        _ => Precision::F32,
+/// What runs the products of a [`Panels`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kernel {
+    /// The register kernel, f32 FMAs.
+    F32,
+    /// The register kernel, `vdpbf16ps`.
+    Bf16,
+    /// [`amx`] tiles.
+    Amx,
+}
+
+impl Kernel {
+    /// The fastest kernel this CPU has for `precision`.
+    fn for_precision(precision: Precision) -> Self {
+        match precision {
+            Precision::Bf16 if bf16_available() && amx::available() => Self::Amx,
+            Precision::Bf16 if bf16_available() => Self::Bf16,
+            _ => Self::F32,
+        }
+    }
+
+    /// Every kernel this CPU runs.
+    #[cfg(test)]
+    fn on_this_cpu() -> Vec<Self> {
+        [
+            (Self::F32, available()),
+            (Self::Bf16, bf16_available()),
+            (Self::Amx, bf16_available() && amx::available()),
+        ]
+        .into_iter()
+        .filter_map(|(kernel, runs)| runs.then_some(kernel))
+        .collect()
+    }
+
+    /// What the products are rounded to.
+    fn precision(self) -> Precision {
+        match self {
+            Self::F32 => Precision::F32,
+            Self::Bf16 | Self::Amx => Precision::Bf16,
+        }
+    }
+
+    /// Output channels per filter panel.
+    fn panel_rows(self) -> usize {
+        match self {
+            Self::F32 | Self::Bf16 => ROWS,
+            Self::Amx => amx::ROWS,
+        }
+    }
+
+    /// Inner steps per packed row.
+    fn steps(self) -> usize {
+        match self {
+            Self::F32 => 1,
+            Self::Bf16 | Self::Amx => 2,
+        }
+    }
+
+    /// Packed rows for an inner dimension of `depth`: whole filter tiles for [`Self::Amx`].
+    fn rows(self, depth: usize) -> usize {
+        match self {
+            Self::F32 | Self::Bf16 => depth.div_ceil(self.steps()),
+            Self::Amx => depth.div_ceil(amx::DEPTH) * amx::DEPTH / 2,
+        }
     }
 }
 
@@ -63,6 +126,8 @@ const VECTORS: usize = 3;
 /// Output columns per tile.
 const COLUMNS: usize = 16 * VECTORS;
 
+const _: () = assert!(COLUMNS == amx::COLUMNS && 2 * ROWS == amx::ROWS);
+
 /// Most packed rows at once: a `MAX_DEPTH × COLUMNS` tile of 32-bit samples is 72 KiB,
 /// inside L2.
 const MAX_DEPTH: usize = 384;
@@ -70,14 +135,6 @@ const MAX_DEPTH: usize = 384;
 /// Whether this CPU runs the kernel (AVX-512F).
 pub fn available() -> bool {
     std::arch::is_x86_feature_detected!("avx512f")
-}
-
-/// Inner steps per packed row in `precision`.
-fn steps(precision: Precision) -> usize {
-    match precision {
-        Precision::F32 => 1,
-        Precision::Bf16 => 2,
-    }
 }
 
 /// Whether this CPU runs [`Precision::Bf16`] (AVX512-BF16 and AVX512-BW).
@@ -91,7 +148,7 @@ fn bf16_available() -> bool {
 #[derive(Debug, Clone)]
 pub struct Panels {
     /// `[panel][packed row][ROWS]`: f32 bits, or two bf16 (the even inner step in the low
-    /// half), as `precision` says.
+    /// half), as `kernel` says; [`amx::pack_weights`]'s tiles for [`Kernel::Amx`].
     weights: Vec<u32>,
     /// One per packed row.
     bias: Vec<f32>,
@@ -99,10 +156,10 @@ pub struct Panels {
     m: usize,
     /// Inner dimension.
     depth: usize,
-    /// Packed rows per panel (`depth` over the precision's steps per row, rounded up).
+    /// Packed rows per panel ([`Kernel::rows`]).
     rows: usize,
-    /// What the products run in.
-    precision: Precision,
+    /// What runs the products.
+    kernel: Kernel,
 }
 
 /// Where one micro-kernel call reads and writes.
@@ -124,35 +181,43 @@ impl Panels {
     /// ([`Precision::F32`] where the CPU lacks AVX512-BF16); `None` without AVX-512F (the
     /// caller keeps the `gemm` path).
     pub fn new(weight: &[f32], bias: &[f32], precision: Precision) -> Option<Self> {
-        if !available() {
-            return None;
-        }
-        let precision = effective(precision);
+        available().then(|| Self::with_kernel(weight, bias, Kernel::for_precision(precision)))
+    }
+
+    /// [`Self::new`] for `kernel`, which this CPU must run.
+    fn with_kernel(weight: &[f32], bias: &[f32], kernel: Kernel) -> Self {
         let m = bias.len();
         let depth = weight.len() / m;
-        let rows = depth.div_ceil(steps(precision));
-        let panels = m.div_ceil(ROWS);
-        let mut weights = vec![0u32; panels * rows * ROWS];
-        for (c, row) in weight.chunks_exact(depth).enumerate() {
-            let panel = &mut weights[(c / ROWS) * rows * ROWS..][..rows * ROWS];
-            for (k, &w) in row.iter().enumerate() {
-                let at = &mut panel[(k / steps(precision)) * ROWS + c % ROWS];
-                match precision {
-                    Precision::F32 => *at = w.to_bits(),
-                    Precision::Bf16 => *at |= u32::from(to_bf16(w)) << (16 * (k % 2)),
+        let rows = kernel.rows(depth);
+        let panel_rows = kernel.panel_rows();
+        let panels = m.div_ceil(panel_rows);
+        let weights = match kernel {
+            Kernel::Amx => amx::pack_weights(m, depth, |c, k| to_bf16(weight[c * depth + k])),
+            Kernel::F32 | Kernel::Bf16 => {
+                let mut weights = vec![0u32; panels * rows * ROWS];
+                for (c, row) in weight.chunks_exact(depth).enumerate() {
+                    let panel = &mut weights[(c / ROWS) * rows * ROWS..][..rows * ROWS];
+                    for (k, &w) in row.iter().enumerate() {
+                        let at = &mut panel[(k / kernel.steps()) * ROWS + c % ROWS];
+                        match kernel {
+                            Kernel::F32 => *at = w.to_bits(),
+                            _ => *at |= u32::from(to_bf16(w)) << (16 * (k % 2)),
+                        }
+                    }
                 }
+                weights
             }
-        }
+        };
         let mut padded = bias.to_vec();
-        padded.resize(panels * ROWS, 0.0);
-        Some(Self {
+        padded.resize(panels * panel_rows, 0.0);
+        Self {
             weights,
             bias: padded,
             m,
             depth,
             rows,
-            precision,
-        })
+            kernel,
+        }
     }
 
     /// `dst = act(W · cols + bias [+ residual])` for `n` output columns, as
@@ -180,7 +245,7 @@ impl Panels {
             Parallelism::Rayon(t) => t,
         };
         let tiles = n.div_ceil(COLUMNS);
-        let panels = self.m.div_ceil(ROWS);
+        let panels = self.m.div_ceil(self.kernel.panel_rows());
         let ranges = if threads > 1 {
             (2 * threads).div_ceil(tiles).clamp(1, panels.max(1))
         } else {
@@ -235,9 +300,6 @@ impl Panels {
             let valid = width.saturating_sub(16 * v).min(16);
             ((1u32 << valid) - 1) as __mmask16
         });
-        let blocks = self.rows.div_ceil(MAX_DEPTH).max(1);
-        let step = self.rows.div_ceil(blocks);
-        buf.resize(step * COLUMNS, 0);
         let matrix = Columns {
             cols,
             n,
@@ -245,6 +307,41 @@ impl Panels {
             col0,
             masks,
         };
+        let tile_at = |row0: usize, first_block: bool| Tile {
+            // SAFETY: row `row0` column `col0` is inside `dst` (the caller's contract).
+            dst: unsafe { out.ptr().add(row0 * stride + col0) },
+            residual: residual
+                .filter(|_| first_block)
+                .map(|r| r[row0 * stride + col0..].as_ptr()),
+            stride,
+            rows: self.m.saturating_sub(row0).min(ROWS),
+            masks,
+        };
+        if self.kernel == Kernel::Amx {
+            buf.resize(self.rows * COLUMNS, 0);
+            // SAFETY: as below.
+            unsafe { matrix.pack_bf16(0..self.rows, buf) };
+            // SAFETY: `Amx` panels exist only where `amx::available()`.
+            let tiles = unsafe { amx::Tiles::configure() };
+            let mut sums = [0f32; amx::ROWS * COLUMNS];
+            let words = self.weights.len() / self.m.div_ceil(amx::ROWS);
+            for p in panels {
+                tiles.block(&self.weights[p * words..][..words], buf, &mut sums);
+                for (half, sums) in sums.chunks_exact(ROWS * COLUMNS).enumerate() {
+                    let row0 = p * amx::ROWS + half * ROWS;
+                    if row0 < self.m {
+                        // SAFETY: the tile's rows and masked columns lie inside `dst`.
+                        unsafe {
+                            add_and_store(sums, &tile_at(row0, true), &self.bias[row0..], activation)
+                        };
+                    }
+                }
+            }
+            return;
+        }
+        let blocks = self.rows.div_ceil(MAX_DEPTH).max(1);
+        let step = self.rows.div_ceil(blocks);
+        buf.resize(step * COLUMNS, 0);
         for block in 0..blocks {
             let r0 = block * step;
             let r1 = (r0 + step).min(self.rows);
@@ -252,23 +349,14 @@ impl Panels {
             // SAFETY: `cols` holds `depth × n` samples (the caller's contract) and the masks
             // stop at `n`.
             unsafe {
-                match self.precision {
+                match self.kernel.precision() {
                     Precision::F32 => matrix.pack_f32(r0..r1, packed),
                     Precision::Bf16 => matrix.pack_bf16(r0..r1, packed),
                 }
             };
             for p in panels.clone() {
                 let row0 = p * ROWS;
-                let tile = Tile {
-                    // SAFETY: row `row0` column `col0` is inside `dst` (the caller's contract).
-                    dst: unsafe { out.ptr().add(row0 * stride + col0) },
-                    residual: residual
-                        .filter(|_| block == 0)
-                        .map(|r| r[row0 * stride + col0..].as_ptr()),
-                    stride,
-                    rows: (self.m - row0).min(ROWS),
-                    masks,
-                };
+                let tile = tile_at(row0, block == 0);
                 let weights = &self.weights[(p * self.rows + r0) * ROWS..][..(r1 - r0) * ROWS];
                 let seed = (block == 0).then(|| &self.bias[row0..row0 + ROWS]);
                 let activation = (block + 1 == blocks).then_some(activation);
@@ -276,9 +364,9 @@ impl Panels {
                 // and `packed` hold `r1 - r0` rows; `Bf16` panels exist only where the CPU
                 // has AVX512-BF16.
                 unsafe {
-                    match self.precision {
-                        Precision::F32 => f32_kernel(weights, packed, &tile, seed, activation),
-                        Precision::Bf16 => bf16_kernel(weights, packed, &tile, seed, activation),
+                    match self.kernel {
+                        Kernel::F32 => f32_kernel(weights, packed, &tile, seed, activation),
+                        _ => bf16_kernel(weights, packed, &tile, seed, activation),
                     }
                 };
             }
@@ -426,6 +514,27 @@ unsafe fn store(mut acc: Sums, tile: &Tile, activation: Option<Activation>) {
                 };
             }
         }
+    }
+}
+
+/// Stores `ROWS × COLUMNS` sums computed elsewhere (row-major) into the tile, with the bias
+/// (and residual) added and `activation` applied.
+///
+/// # Safety
+/// As for [`seed`] and [`store`]; `bias` holds at least `ROWS` values.
+#[target_feature(enable = "avx512f")]
+unsafe fn add_and_store(sums: &[f32], tile: &Tile, bias: &[f32], activation: Activation) {
+    let (rows, _) = sums.as_chunks::<COLUMNS>();
+    // SAFETY: see the function's contract; each of `rows` holds `COLUMNS` = 16 · `VECTORS`
+    // samples.
+    unsafe {
+        let mut acc = seed(tile, Some(bias));
+        for (acc, row) in acc.iter_mut().zip(rows) {
+            for (v, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_add_ps(*a, _mm512_loadu_ps(row[16 * v..].as_ptr()));
+            }
+        }
+        store(acc, tile, Some(activation));
     }
 }
 
@@ -588,8 +697,8 @@ mod tests {
         assert_eq!(rounded(-0.1), -205.0 / 2048.0);
     }
 
-    /// Each precision against the product in f64 of the inputs it sees (rounded to bf16 for
-    /// [`Precision::Bf16`]), so a wrong pairing or layout fails at any tolerance bf16 allows.
+    /// Each kernel this CPU runs against the product in f64 of the inputs it sees (rounded to
+    /// bf16 for [`Precision::Bf16`]), so a wrong pairing or layout fails at any tolerance bf16 allows.
     #[test]
     fn equals_the_plain_product_on_odd_shapes() {
         if !available() {
@@ -607,11 +716,10 @@ mod tests {
             (128, 64, 300, 300, false, Activation::Relu6, 2),
             (9, 1601, 60, 60, true, Activation::Identity, 2),
         ];
-        for precision in [Precision::F32, Precision::Bf16] {
-            if Panels::new(&[1.0], &[0.0], precision).unwrap().precision != precision {
-                println!("{precision:?} products do not run on this CPU");
-                continue;
-            }
+        let kernels = Kernel::on_this_cpu();
+        println!("kernels on this CPU: {kernels:?}");
+        for kernel in kernels {
+            let precision = kernel.precision();
             let seen = |x: f32| match precision {
                 Precision::F32 => x,
                 Precision::Bf16 => rounded(x),
@@ -625,7 +733,7 @@ mod tests {
                 let residual = with_residual.then(|| noise(m * stride, 7 + i as u64));
                 let sentinel = 1234.5;
                 let mut dst = vec![sentinel; m * stride];
-                let panels = Panels::new(&weight, &bias, precision).unwrap();
+                let panels = Panels::with_kernel(&weight, &bias, kernel);
                 let parallelism = if threads > 1 {
                     Parallelism::Rayon(threads)
                 } else {
@@ -662,7 +770,7 @@ mod tests {
                         activation.apply(&mut want);
                         assert!(
                             (got - want[0]).abs() <= 1e-4 * (1.0 + want[0].abs()),
-                            "{precision:?} case {i} ({m}×{depth}×{n}): [{c}, {j}] {got} vs {}",
+                            "{kernel:?} case {i} ({m}×{depth}×{n}): [{c}, {j}] {got} vs {}",
                             want[0]
                         );
                     }
