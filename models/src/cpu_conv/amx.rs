@@ -51,7 +51,13 @@ fn os_grants_tiles() -> bool {
     const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
     const XFEATURE_XTILEDATA: libc::c_long = 18;
     // SAFETY: the request takes two integers and changes only this process's permissions.
-    unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
+    unsafe {
+        libc::syscall(
+            libc::SYS_arch_prctl,
+            ARCH_REQ_XCOMP_PERM,
+            XFEATURE_XTILEDATA,
+        ) == 0
+    }
 }
 
 /// Elsewhere the tile state is not requested, so the tiles are not used.
@@ -109,7 +115,12 @@ impl Tiles {
         // `COLUMNS` words per block, 64 bytes at word 0, 16 and 32), checked above, and the
         // stores write 16 rows of 64 bytes inside `out`.
         unsafe {
-            asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", options(nostack, nomem));
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                options(nostack, nomem)
+            );
             for b in 0..blocks {
                 asm!(
                     "tileloadd tmm3, [{w} + {w_stride}*1]",

@@ -332,7 +332,12 @@ impl Panels {
                     if row0 < self.m {
                         // SAFETY: the tile's rows and masked columns lie inside `dst`.
                         unsafe {
-                            add_and_store(sums, &tile_at(row0, true), &self.bias[row0..], activation)
+                            add_and_store(
+                                sums,
+                                &tile_at(row0, true),
+                                &self.bias[row0..],
+                                activation,
+                            )
                         };
                     }
                 }
