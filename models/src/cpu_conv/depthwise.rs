@@ -1,12 +1,16 @@
-//! Depthwise convolutions (one filter per channel): [`stencil::depthwise_row`] over each
-//! channel plane, zero-padded and phased once, with the bias and activation fused. At stride 1
-//! bands of rows are one long row each (one call per band); strided planes go row by row.
+//! Depthwise convolutions (one filter per channel), with the bias and activation fused: 3×3
+//! filters at stride 1 or 2 on AVX-512 through [`stencil::depthwise3`], straight from the input
+//! planes; otherwise [`stencil::depthwise_row`] over each channel plane, zero-padded and phased
+//! once. At stride 1 bands of rows are one long row each (one call per band); strided planes go
+//! row by row.
 //! [`super::Separable`] runs the same rows band by band, straight into a pointwise conv.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
 use rayon::prelude::*;
 
-use super::{input, nchw, stencil, Geometry, Packed, PaddedPlanes, PaddingFn};
+use super::{
+    input, nchw, stencil, stencil::ColumnMasks, Geometry, Packed, PaddedPlanes, PaddingFn,
+};
 
 /// Samples of a stride-1 band: the output stays in L1 across the taps' passes.
 const BAND_SAMPLES: usize = 4096;
@@ -56,6 +60,41 @@ impl DepthwiseConv {
         w: usize,
     ) -> candle_core::Result<(Geometry, (usize, usize))> {
         self.packed.geometry(h, w)
+    }
+
+    /// Whether this filter under `geo` runs on [`stencil::depthwise3`], straight from the
+    /// input planes ([`Self::direct_rows`]), instead of through padded planes.
+    pub(super) fn runs_direct(&self, geo: &Geometry) -> bool {
+        geo.kernel == 3 && stencil::depthwise3_runs(geo.stride)
+    }
+
+    /// The column masks [`Self::direct_rows`] takes for a `w`-wide input under `geo`.
+    pub(super) fn column_masks(&self, geo: &Geometry, (w, ow): (usize, usize)) -> ColumnMasks {
+        ColumnMasks::new(geo.stride, (w, ow), geo.pad.2)
+    }
+
+    /// Output rows `oy0..oy0 + dst.len() / ow` of channel `c` straight from `image`
+    /// (`[channels, h, w]`), where [`Self::runs_direct`], with `columns` from
+    /// [`Self::column_masks`].
+    pub(super) fn direct_rows(
+        &self,
+        (image, h, w): (&[f32], usize, usize),
+        (geo, columns): (&Geometry, &ColumnMasks),
+        c: usize,
+        oy0: usize,
+        dst: &mut [f32],
+    ) {
+        let plane = stencil::Plane {
+            data: &image[c * h * w..(c + 1) * h * w],
+            size: (h, w),
+            top: geo.pad.0,
+            relu: self.input_relu,
+        };
+        let taps = self.packed.weight[c * 9..(c + 1) * 9]
+            .try_into()
+            .expect("a 3×3 filter has 9 taps");
+        let filter = (taps, self.packed.bias[c], self.packed.activation);
+        stencil::depthwise3(&plane, columns, filter, (dst, oy0));
     }
 
     /// Fills `padded` (room for a band of output rows) from one image (`[channels, h, w]`):
@@ -113,7 +152,8 @@ impl DepthwiseConv {
         }
     }
 
-    /// Every plane of the batch on its own: padded (so it stays in cache) and convolved.
+    /// Every plane of the batch on its own: read straight from the input where
+    /// [`Self::runs_direct`], otherwise padded (so it stays in cache) and convolved.
     pub(super) fn forward(
         &self,
         x: &[f32],
@@ -122,17 +162,28 @@ impl DepthwiseConv {
         let (n, h, w) = nchw(layout, self.channels)?;
         let (geo, (oh, ow)) = self.packed.geometry(h, w)?;
         let mut out = vec![0f32; n * self.channels * oh * ow];
-        out.par_chunks_mut(oh * ow).enumerate().for_each_init(
-            || (PaddedPlanes::new(1, (h, w), geo), Vec::new()),
-            |(padded, scratch), (plane, dst)| {
-                padded.fill(
-                    &x[plane * h * w..(plane + 1) * h * w],
-                    self.input_relu,
-                    false,
-                );
-                self.channel_rows(padded, plane % self.channels, (0, ow), dst, scratch);
-            },
-        );
+        if self.runs_direct(&geo) {
+            let columns = self.column_masks(&geo, (w, ow));
+            out.par_chunks_mut(oh * ow)
+                .enumerate()
+                .for_each(|(plane, dst)| {
+                    let image = &x[(plane / self.channels) * self.channels * h * w..];
+                    let c = plane % self.channels;
+                    self.direct_rows((image, h, w), (&geo, &columns), c, 0, dst);
+                });
+        } else {
+            out.par_chunks_mut(oh * ow).enumerate().for_each_init(
+                || (PaddedPlanes::new(1, (h, w), geo), Vec::new()),
+                |(padded, scratch), (plane, dst)| {
+                    padded.fill(
+                        &x[plane * h * w..(plane + 1) * h * w],
+                        self.input_relu,
+                        false,
+                    );
+                    self.channel_rows(padded, plane % self.channels, (0, ow), dst, scratch);
+                },
+            );
+        }
         Ok((
             CpuStorage::F32(out),
             Shape::from((n, self.channels, oh, ow)),

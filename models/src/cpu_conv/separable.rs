@@ -10,8 +10,8 @@ use rayon::prelude::*;
 #[cfg(target_arch = "x86_64")]
 use super::panel_gemm;
 use super::{
-    check_residual, nchw, DenseConv, DepthwiseConv, Geometry, PaddedPlanes, ResidualKernel,
-    SharedOut,
+    check_residual, nchw, stencil::ColumnMasks, DenseConv, DepthwiseConv, Geometry, PaddedPlanes,
+    ResidualKernel, SharedOut,
 };
 
 /// Padded input and depthwise output samples a band aims at: 192 KiB, inside L2.
@@ -68,7 +68,8 @@ impl<'a> Separable<'a> {
             })
     }
 
-    /// Output rows `band * rows..` of one image: the band's input rows padded, the depthwise
+    /// Output rows `band * rows..` of one image: the band's input rows padded (unless the
+    /// depthwise conv reads them straight from the image), the depthwise
     /// output of every channel into the scratch buffer (planes and channels in parallel unless
     /// `parallelism` is `None`), then the pointwise gemm from there into the band's columns of
     /// the output.
@@ -82,11 +83,20 @@ impl<'a> Separable<'a> {
             columns: dw_out,
             row,
         } = scratch;
-        self.depthwise
-            .fill_band(padded, image.x, (image.h, oy0), parallel);
+        if let Some(padded) = padded.as_mut() {
+            self.depthwise
+                .fill_band(padded, image.x, (image.h, oy0), parallel);
+        }
         dw_out.resize(self.depthwise.channels() * columns, 0.0);
-        let channel = |(c, dst): (usize, &mut [f32]), row: &mut Vec<f32>| {
-            self.depthwise.channel_rows(padded, c, (0, ow), dst, row);
+        let padded = padded.as_ref();
+        let channel = |(c, dst): (usize, &mut [f32]), row: &mut Vec<f32>| match padded {
+            Some(padded) => self.depthwise.channel_rows(padded, c, (0, ow), dst, row),
+            None => {
+                let input = (image.x, image.h, image.w);
+                let columns = image.columns.expect("direct runs have column masks");
+                self.depthwise
+                    .direct_rows(input, (&image.geo, columns), c, oy0, dst)
+            }
         };
         if parallel {
             dw_out
@@ -117,16 +127,22 @@ struct Image<'a> {
     /// The input, `[cin, h, w]`.
     x: &'a [f32],
     h: usize,
+    w: usize,
+    /// The depthwise conv's geometry.
+    geo: Geometry,
+    /// Its column masks, where it reads the input directly.
+    columns: Option<&'a ColumnMasks>,
     residual: Option<&'a [f32]>,
     out: SharedOut,
     output: (usize, usize),
     rows: usize,
 }
 
-/// A thread's buffers: a band's padded input rows, its depthwise output (`cin × columns`) and
-/// the depthwise kernel's row scratch.
+/// A thread's buffers: a band's padded input rows (none where the depthwise conv reads its
+/// input directly), its depthwise output (`cin × columns`) and the depthwise kernel's row
+/// scratch.
 struct Scratch {
-    padded: PaddedPlanes,
+    padded: Option<PaddedPlanes>,
     columns: Vec<f32>,
     row: Vec<f32>,
 }
@@ -198,8 +214,10 @@ impl ResidualKernel for Separable<'_> {
         let len = n * image_out;
         let mut out = Vec::with_capacity(len);
         let base = SharedOut(out.as_mut_ptr());
+        let direct = self.depthwise.runs_direct(&geo);
+        let columns = direct.then(|| self.depthwise.column_masks(&geo, (w, ow)));
         let new_scratch = || Scratch {
-            padded: PaddedPlanes::for_output_rows(cin, rows, w, geo),
+            padded: (!direct).then(|| PaddedPlanes::for_output_rows(cin, rows, w, geo)),
             columns: Vec::new(),
             row: Vec::new(),
         };
@@ -207,6 +225,9 @@ impl ResidualKernel for Separable<'_> {
             let image = Image {
                 x: &x[b * image_in..(b + 1) * image_in],
                 h,
+                w,
+                geo,
+                columns: columns.as_ref(),
                 residual: residual.map(|(r, _)| &r[b * image_out..(b + 1) * image_out]),
                 // SAFETY: image `b`'s outputs lie inside `out`'s capacity.
                 out: SharedOut(unsafe { base.ptr().add(b * image_out) }),

@@ -198,6 +198,148 @@ mod avx512 {
             }
         }
     }
+
+    /// [`super::depthwise3`]'s operands.
+    pub(super) struct Depthwise3<'a> {
+        pub plane: &'a super::Plane<'a>,
+        pub columns: &'a super::ColumnMasks,
+        pub taps: &'a [f32; 9],
+        pub bias: f32,
+        pub activation: Activation,
+    }
+
+    impl Depthwise3<'_> {
+        /// Output rows `oy0..` into `out`, column block by column block (a block's masks serve
+        /// all its rows), two rows of a block at a time; the input through a ReLU when `RELU`.
+        ///
+        /// # Safety
+        /// The CPU has AVX-512F, and the masks were made for the plane's row width.
+        #[target_feature(enable = "avx512f")]
+        pub(super) unsafe fn rows<const S: usize, const RELU: bool>(
+            &self,
+            out: &mut [f32],
+            oy0: usize,
+        ) {
+            let mut taps = [_mm512_setzero_ps(); 9];
+            for (t, &w) in taps.iter_mut().zip(self.taps) {
+                *t = _mm512_set1_ps(w);
+            }
+            let ow = self.columns.widths.1;
+            let rows = out.len() / ow;
+            let blocks = self.columns.loads.iter().zip(&self.columns.stores);
+            for (b, (masks, stores)) in blocks.enumerate() {
+                let x = 32 * b;
+                // The input column tap `kx = 0` reads for the block's first output.
+                let x0 = (x * S) as isize - self.columns.left as isize;
+                let block = Block {
+                    taps: &taps,
+                    masks,
+                    stores,
+                    x,
+                    x0,
+                };
+                let mut r = 0;
+                while r + 2 <= rows {
+                    // SAFETY: as for this function.
+                    unsafe { self.block::<S, RELU, 2>(&block, out, (oy0, r)) };
+                    r += 2;
+                }
+                if r < rows {
+                    // SAFETY: as for this function.
+                    unsafe { self.block::<S, RELU, 1>(&block, out, (oy0, r)) };
+                }
+            }
+        }
+
+        /// Rows `r0..r0 + R` of one column block: input row `i` of the block's rows, loaded at
+        /// each tap column, adds into every output row `r` it is tap row `i - r · S` of (at
+        /// stride 1 two rows share two of their three input rows).
+        ///
+        /// # Safety
+        /// As for [`Self::rows`].
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        unsafe fn block<const S: usize, const RELU: bool, const R: usize>(
+            &self,
+            block: &Block,
+            out: &mut [f32],
+            (oy0, r0): (usize, usize),
+        ) {
+            let evens =
+                _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+            let (h, w) = self.plane.size;
+            let ow = self.columns.widths.1;
+            let y0 = ((oy0 + r0) * S) as isize - self.plane.top as isize;
+            let mut acc = [[_mm512_set1_ps(self.bias); 2]; R];
+            for i in 0..(R - 1) * S + 3 {
+                let y = y0 + i as isize;
+                if y < 0 || y >= h as isize {
+                    continue;
+                }
+                // SAFETY: row `y` lies inside the plane.
+                let src = unsafe { self.plane.data.as_ptr().add(y as usize * w) };
+                for (kx, masks) in block.masks.iter().enumerate() {
+                    let c = block.x0 + kx as isize;
+                    for j in 0..2 {
+                        // SAFETY: the masks enable only samples inside row `y`.
+                        let v = unsafe {
+                            if S == 1 {
+                                load(src, c, masks, j)
+                            } else {
+                                let lo = load(src, c, masks, 2 * j);
+                                let hi = load(src, c, masks, 2 * j + 1);
+                                _mm512_permutex2var_ps(lo, evens, hi)
+                            }
+                        };
+                        let v = if RELU {
+                            _mm512_max_ps(v, _mm512_setzero_ps())
+                        } else {
+                            v
+                        };
+                        for (r, acc) in acc.iter_mut().enumerate() {
+                            if let Some(ky) = i.checked_sub(r * S).filter(|&ky| ky < 3) {
+                                acc[j] = _mm512_fmadd_ps(block.taps[ky * 3 + kx], v, acc[j]);
+                            }
+                        }
+                    }
+                }
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                for (j, &a) in acc.iter().enumerate() {
+                    // SAFETY: the mask enables the block's outputs of row `r0 + r`.
+                    unsafe {
+                        _mm512_mask_storeu_ps(
+                            out.as_mut_ptr()
+                                .wrapping_add((r0 + r) * ow + block.x + 16 * j),
+                            block.stores[j],
+                            self.activation.apply_512(a),
+                        )
+                    };
+                }
+            }
+        }
+    }
+
+    /// One column block of [`Depthwise3::rows`]: the broadcast taps, the block's load and store
+    /// masks, its first output column `x` and the input column `x0` tap `kx = 0` reads there.
+    struct Block<'a> {
+        taps: &'a [__m512; 9],
+        masks: &'a [[u16; 4]; 3],
+        stores: &'a [u16; 2],
+        x: usize,
+        x0: isize,
+    }
+
+    /// The `q`th 16 samples from column `c` of the row at `src`, the lanes `masks[q]` enables.
+    ///
+    /// # Safety
+    /// `masks[q]` enables only samples inside the row.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load(src: *const f32, c: isize, masks: &[u16; 4], q: usize) -> __m512 {
+        // SAFETY: masked-off lanes are not read; the rest lie inside the row.
+        unsafe { _mm512_maskz_loadu_ps(masks[q], src.wrapping_offset(c + 16 * q as isize)) }
+    }
 }
 
 /// Walks a row of `width` pixels in blocks of `W`, then 8: `block(x, n)` for each. A tail of
@@ -277,6 +419,120 @@ pub fn depthwise_row(
         return;
     }
     stream_row_with::<false>(srcs, taps, bias, activation, out);
+}
+
+/// One input plane as [`depthwise3`] reads it: `size.0 × size.1` samples, zero outside them,
+/// with `top` zero rows above, read through a ReLU when `relu`.
+#[derive(Debug, Clone, Copy)]
+pub struct Plane<'a> {
+    /// The samples, row-major.
+    pub data: &'a [f32],
+    /// `(h, w)`.
+    pub size: (usize, usize),
+    /// Zero rows above the samples.
+    pub top: usize,
+    /// Whether the samples go through a ReLU on their way in.
+    pub relu: bool,
+}
+
+/// Where [`depthwise3`]'s column blocks read and write, worked out once per layer and input
+/// size: per block of 32 outputs, per tap column, the load mask of each 16 input samples (the
+/// rows' left and right borders, the last block's width), and the block's store masks.
+#[derive(Debug, Clone)]
+pub struct ColumnMasks {
+    stride: usize,
+    /// Input and output row widths.
+    widths: (usize, usize),
+    /// Zero columns left of the samples.
+    left: usize,
+    loads: Vec<[[u16; 4]; 3]>,
+    stores: Vec<[u16; 2]>,
+}
+
+impl ColumnMasks {
+    /// Masks for input rows `w` wide, `left` zero columns in front, output rows `ow` wide.
+    pub fn new(stride: usize, (w, ow): (usize, usize), left: usize) -> Self {
+        // The lanes of 16 samples from column `c` inside the row and among the first `n`.
+        let lanes = |c: isize, n: usize| -> u16 {
+            let first = (-c).clamp(0, 16) as u32;
+            let end = (w as isize - c).clamp(0, n as isize) as u32;
+            (((1u32 << end) - 1) & !((1u32 << first) - 1)) as u16
+        };
+        let (mut loads, mut stores) = (Vec::new(), Vec::new());
+        for x in (0..ow).step_by(32) {
+            let n = (ow - x).min(32);
+            // The input column tap `kx = 0` reads for the block's first output.
+            let x0 = (x * stride) as isize - left as isize;
+            loads.push(std::array::from_fn(|kx| {
+                std::array::from_fn(|q| {
+                    let samples = (stride * n).saturating_sub(16 * q).min(16);
+                    lanes(x0 + (kx + 16 * q) as isize, samples)
+                })
+            }));
+            stores.push(std::array::from_fn(|j| {
+                ((1u32 << n.saturating_sub(16 * j).min(16)) - 1) as u16
+            }));
+        }
+        Self {
+            stride,
+            widths: (w, ow),
+            left,
+            loads,
+            stores,
+        }
+    }
+}
+
+/// Whether [`depthwise3`] runs a 3×3 filter at `stride` on this CPU: AVX-512F, stride 1 or 2.
+pub fn depthwise3_runs(stride: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        return stride == 1 || stride == 2;
+    }
+    let _ = stride;
+    false
+}
+
+/// One channel's 3×3 depthwise filter read straight from its unpadded input plane, where
+/// [`depthwise3_runs`]: output rows `oy0..oy0 + out.len() / ow`, where output `(y, x)` is
+/// `act(bias + Σ taps[ky * 3 + kx] · in(y · stride + ky - top, x · stride + kx - left))` and
+/// `in` is zero outside the plane. Two rows × 32 pixels at a time in four registers; the
+/// borders and the last block are masked loads (no padded copy of the plane is made), and at
+/// stride 2 each tap reads 32 contiguous samples and keeps the even ones with one permute.
+pub fn depthwise3(
+    plane: &Plane,
+    columns: &ColumnMasks,
+    (taps, bias, activation): (&[f32; 9], f32, Activation),
+    (out, oy0): (&mut [f32], usize),
+) {
+    let (h, w) = plane.size;
+    let (cw, ow) = columns.widths;
+    assert!(
+        depthwise3_runs(columns.stride),
+        "depthwise3 does not run here"
+    );
+    assert!(plane.data.len() >= h * w && cw == w && out.len().is_multiple_of(ow));
+    #[cfg(target_arch = "x86_64")]
+    {
+        let kernel = avx512::Depthwise3 {
+            plane,
+            columns,
+            taps,
+            bias,
+            activation,
+        };
+        // SAFETY: the CPU has AVX-512F (`depthwise3_runs`); the masks, made for rows `w`
+        // wide (checked above), enable only samples inside the plane's rows and outputs
+        // inside `out`'s.
+        unsafe {
+            match (columns.stride, plane.relu) {
+                (1, false) => kernel.rows::<1, false>(out, oy0),
+                (1, true) => kernel.rows::<1, true>(out, oy0),
+                (_, false) => kernel.rows::<2, false>(out, oy0),
+                (_, true) => kernel.rows::<2, true>(out, oy0),
+            }
+        }
+    }
 }
 
 /// [`depthwise_row`]'s streaming body compiled for AVX2 + FMA.
