@@ -204,3 +204,62 @@ impl CustomOp1 for DepthwiseConv {
         self.forward(input(storage, layout)?, layout)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu_conv::Activation;
+
+    /// Where this CPU runs 3×3 filters straight from the input, the padded-plane rows that other
+    /// CPUs run give the same outputs: both strides, symmetric, TF-style and no padding, with
+    /// and without the input ReLU, rows with tails, and a band starting below the first row.
+    #[test]
+    fn padded_plane_rows_equal_direct_rows() {
+        let paddings: [PaddingFn; 3] = [
+            |_, _, _, _| (1, 1, 1, 1),
+            |_, _, _, _| (0, 1, 0, 1),
+            |_, _, _, _| (0, 0, 0, 0),
+        ];
+        let (c, h, w) = (3, 11, 45);
+        let x: Vec<f32> = (0..c * h * w)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0)
+            .collect();
+        let weight: Vec<f32> = (0..c * 9)
+            .map(|i| ((i * 13 % 17) as f32 - 8.0) / 9.0)
+            .collect();
+        for stride in [1, 2] {
+            for padding in paddings {
+                for relu in [false, true] {
+                    let bias = vec![0.5, -0.25, 1.0];
+                    let mut conv =
+                        DepthwiseConv::new(weight.clone(), Some(bias), (c, 3), stride, padding);
+                    conv.input_relu = relu;
+                    conv.packed_mut().activation = Activation::Relu6;
+                    let (geo, (oh, ow)) = conv.geometry(h, w).unwrap();
+                    if !conv.runs_direct(&geo) {
+                        return;
+                    }
+                    let columns = conv.column_masks(&geo, (w, ow));
+                    let mut padded = PaddedPlanes::new(c, (h, w), geo);
+                    padded.fill(&x, relu, false);
+                    let mut scratch = Vec::new();
+                    for ch in 0..c {
+                        let mut want = vec![0f32; oh * ow];
+                        conv.channel_rows(&padded, ch, (0, ow), &mut want, &mut scratch);
+                        let band = 3;
+                        let mut got = vec![f32::NAN; (oh - band) * ow];
+                        let input = (x.as_slice(), h, w);
+                        conv.direct_rows(input, (&geo, &columns), ch, band, &mut got);
+                        for (i, (g, w)) in got.iter().zip(&want[band * ow..]).enumerate() {
+                            assert!(
+                                (g - w).abs() <= 1e-5,
+                                "stride {stride} {:?} relu {relu} channel {ch} at {i}: {g} vs {w}",
+                                geo.pad
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
