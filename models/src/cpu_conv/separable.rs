@@ -214,10 +214,13 @@ impl ResidualKernel for Separable<'_> {
         let len = n * image_out;
         let mut out = Vec::with_capacity(len);
         let base = SharedOut(out.as_mut_ptr());
-        let direct = self.depthwise.runs_direct(&geo);
-        let columns = direct.then(|| self.depthwise.column_masks(&geo, (w, ow)));
+        // Column masks where the depthwise conv reads the input directly, padded rows otherwise.
+        let columns =
+            (self.depthwise.runs_direct(&geo)).then(|| self.depthwise.column_masks(&geo, (w, ow)));
         let new_scratch = || Scratch {
-            padded: (!direct).then(|| PaddedPlanes::for_output_rows(cin, rows, w, geo)),
+            padded: columns
+                .is_none()
+                .then(|| PaddedPlanes::for_output_rows(cin, rows, w, geo)),
             columns: Vec::new(),
             row: Vec::new(),
         };

@@ -2,7 +2,8 @@
 //! depthwise filters): each output is `bias + Σ_t w_t · src_t[x]` over a handful of source
 //! rows. [`row`] accumulates in registers for `C` output channels × `W` pixels at a time and
 //! stores once; [`depthwise_row`] computes a single channel's row (register-blocked with
-//! AVX-512, otherwise one streaming pass per tap).
+//! AVX-512, otherwise one streaming pass per tap) from padded planes; [`depthwise3`] computes a
+//! 3×3 filter's rows with AVX-512 straight from the unpadded plane, its borders masked.
 //!
 //! On x86-64 [`row`] also has AVX-512 and AVX2 + FMA builds, and [`depthwise_row`] its AVX-512
 //! [`row`] and an AVX2 + FMA streaming build; the widest the CPU has is picked at run time.
