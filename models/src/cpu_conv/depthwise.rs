@@ -5,6 +5,8 @@
 //! row by row.
 //! [`super::Separable`] runs the same rows band by band, straight into a pointwise conv.
 
+use std::mem::MaybeUninit;
+
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
 use rayon::prelude::*;
 
@@ -75,14 +77,14 @@ impl DepthwiseConv {
 
     /// Output rows `oy0..oy0 + dst.len() / ow` of channel `c` straight from `image`
     /// (`[channels, h, w]`), where [`Self::runs_direct`], with `columns` from
-    /// [`Self::column_masks`].
+    /// [`Self::column_masks`]. Writes every sample of `dst`.
     pub(super) fn direct_rows(
         &self,
         (image, h, w): (&[f32], usize, usize),
         (geo, columns): (&Geometry, &ColumnMasks),
         c: usize,
         oy0: usize,
-        dst: &mut [f32],
+        dst: &mut [MaybeUninit<f32>],
     ) {
         let plane = stencil::Plane {
             data: &image[c * h * w..(c + 1) * h * w],
@@ -161,17 +163,25 @@ impl DepthwiseConv {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (n, h, w) = nchw(layout, self.channels)?;
         let (geo, (oh, ow)) = self.packed.geometry(h, w)?;
-        let mut out = vec![0f32; n * self.channels * oh * ow];
-        if self.runs_direct(&geo) {
+        let len = n * self.channels * oh * ow;
+        let out = if self.runs_direct(&geo) {
+            // Not cleared first: the kernel writes every sample, and clearing megabytes
+            // costs about as much as writing them.
+            let mut out = Vec::with_capacity(len);
             let columns = self.column_masks(&geo, (w, ow));
-            out.par_chunks_mut(oh * ow)
+            out.spare_capacity_mut()[..len]
+                .par_chunks_mut(oh * ow)
                 .enumerate()
                 .for_each(|(plane, dst)| {
                     let image = &x[(plane / self.channels) * self.channels * h * w..];
                     let c = plane % self.channels;
                     self.direct_rows((image, h, w), (&geo, &columns), c, 0, dst);
                 });
+            // SAFETY: `direct_rows` wrote every sample of every plane.
+            unsafe { out.set_len(len) };
+            out
         } else {
+            let mut out = vec![0f32; len];
             out.par_chunks_mut(oh * ow).enumerate().for_each_init(
                 || (PaddedPlanes::new(1, (h, w), geo), Vec::new()),
                 |(padded, scratch), (plane, dst)| {
@@ -183,7 +193,8 @@ impl DepthwiseConv {
                     self.channel_rows(padded, plane % self.channels, (0, ow), dst, scratch);
                 },
             );
-        }
+            out
+        };
         Ok((
             CpuStorage::F32(out),
             Shape::from((n, self.channels, oh, ow)),
@@ -249,7 +260,10 @@ mod tests {
                         let band = 3;
                         let mut got = vec![f32::NAN; (oh - band) * ow];
                         let input = (x.as_slice(), h, w);
-                        conv.direct_rows(input, (&geo, &columns), ch, band, &mut got);
+                        // SAFETY: `direct_rows` writes only samples; a NaN left unwritten
+                        // fails the comparison below.
+                        let room = unsafe { crate::cpu_conv::as_room(&mut got) };
+                        conv.direct_rows(input, (&geo, &columns), ch, band, room);
                         for (i, (g, w)) in got.iter().zip(&want[band * ow..]).enumerate() {
                             assert!(
                                 (g - w).abs() <= 1e-5,

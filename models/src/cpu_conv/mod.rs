@@ -117,6 +117,17 @@ impl SharedOut {
     }
 }
 
+/// `samples` as room for a kernel that writes every sample of it
+/// ([`stencil::depthwise3`]), to hand it a buffer that is already initialised.
+///
+/// # Safety
+/// Whatever writes through the result writes only initialised samples.
+unsafe fn as_room(samples: &mut [f32]) -> &mut [std::mem::MaybeUninit<f32>] {
+    // SAFETY: `MaybeUninit<f32>` has `f32`'s layout, and nothing uninitialised is written
+    // back (the caller's contract).
+    unsafe { &mut *(samples as *mut [f32] as *mut [std::mem::MaybeUninit<f32>]) }
+}
+
 /// Spatial geometry of one convolution: square kernel, stride and explicit zero padding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Geometry {

@@ -10,8 +10,8 @@ use rayon::prelude::*;
 #[cfg(target_arch = "x86_64")]
 use super::panel_gemm;
 use super::{
-    check_residual, nchw, stencil::ColumnMasks, DenseConv, DepthwiseConv, Geometry, PaddedPlanes,
-    ResidualKernel, SharedOut,
+    as_room, check_residual, nchw, stencil::ColumnMasks, DenseConv, DepthwiseConv, Geometry,
+    PaddedPlanes, ResidualKernel, SharedOut,
 };
 
 /// Padded input and depthwise output samples a band aims at: 192 KiB, inside L2.
@@ -94,6 +94,8 @@ impl<'a> Separable<'a> {
             None => {
                 let input = (image.x, image.h, image.w);
                 let columns = image.columns.expect("direct runs have column masks");
+                // SAFETY: `direct_rows` writes only samples.
+                let dst = unsafe { as_room(dst) };
                 self.depthwise
                     .direct_rows(input, (&image.geo, columns), c, oy0, dst)
             }

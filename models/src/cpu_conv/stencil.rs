@@ -9,6 +9,8 @@
 //! [`row`] and an AVX2 + FMA streaming build; the widest the CPU has is picked at run time.
 //! Elsewhere the baseline build runs.
 
+use std::mem::MaybeUninit;
+
 use super::Activation;
 
 /// One output row for `C` channels: `out[c * out_stride + x] = act(bias[c] + Σ_t
@@ -126,6 +128,7 @@ mod avx {
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
+    use std::mem::MaybeUninit;
 
     use super::Activation;
 
@@ -218,7 +221,7 @@ mod avx512 {
         #[target_feature(enable = "avx512f")]
         pub(super) unsafe fn rows<const S: usize, const RELU: bool>(
             &self,
-            out: &mut [f32],
+            out: &mut [MaybeUninit<f32>],
             oy0: usize,
         ) {
             let mut taps = [_mm512_setzero_ps(); 9];
@@ -263,7 +266,7 @@ mod avx512 {
         unsafe fn block<const S: usize, const RELU: bool, const R: usize>(
             &self,
             block: &Block,
-            out: &mut [f32],
+            out: &mut [MaybeUninit<f32>],
             (oy0, r0): (usize, usize),
         ) {
             let evens =
@@ -311,6 +314,7 @@ mod avx512 {
                     unsafe {
                         _mm512_mask_storeu_ps(
                             out.as_mut_ptr()
+                                .cast::<f32>()
                                 .wrapping_add((r0 + r) * ow + block.x + 16 * j),
                             block.stores[j],
                             self.activation.apply_512(a),
@@ -500,11 +504,12 @@ pub fn depthwise3_runs(stride: usize) -> bool {
 /// `in` is zero outside the plane. Two rows × 32 pixels at a time in four registers; the
 /// borders and the last block are masked loads (no padded copy of the plane is made), and at
 /// stride 2 each tap reads 32 contiguous samples and keeps the even ones with one permute.
+/// Every sample of `out` is written, so it need not be initialised.
 pub fn depthwise3(
     plane: &Plane,
     columns: &ColumnMasks,
     (taps, bias, activation): (&[f32; 9], f32, Activation),
-    (out, oy0): (&mut [f32], usize),
+    (out, oy0): (&mut [MaybeUninit<f32>], usize),
 ) {
     let (h, w) = plane.size;
     let (cw, ow) = columns.widths;
