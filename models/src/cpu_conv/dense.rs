@@ -1,6 +1,8 @@
 //! Dense (ungrouped) convolutions: im2col + `gemm` into an output pre-filled with the bias and
 //! residual, or the direct [`stencil`] kernel for filters with few taps per output.
 
+use std::mem::MaybeUninit;
+
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -8,8 +10,9 @@ use rayon::prelude::*;
 #[cfg(target_arch = "x86_64")]
 use super::panel_gemm;
 use super::{
-    check_residual, input, nchw, stencil, stencil::single_channel, Activation, Geometry, MaxPool,
-    Packed, PaddedPlanes, PaddingFn, Phased, Precision, ResidualKernel, SharedOut,
+    as_room, check_residual, cleared, input, nchw, stencil, stencil::single_channel, written,
+    Activation, Geometry, MaxPool, Packed, PaddedPlanes, PaddingFn, Phased, Precision,
+    ResidualKernel, SharedOut,
 };
 
 /// Filters with at most this many taps per output (`cin * k * k`, not 1×1 stride 1) run on the
@@ -207,7 +210,13 @@ impl DenseConv {
     /// parallel when `parallel`): `dst = act(conv(x) + bias [+ residual])`, max-pooled by
     /// `pool` when there is one (windows that do not overlap, no residual): each window's
     /// conv rows are computed into a buffer of a few rows and pooled from there.
-    fn direct_image(&self, image: &Image, pool: Option<&MaxPool>, dst: &mut [f32], parallel: bool) {
+    fn direct_image(
+        &self,
+        image: &Image,
+        pool: Option<&MaxPool>,
+        dst: &mut [MaybeUninit<f32>],
+        parallel: bool,
+    ) {
         let (h, w) = image.input;
         let (oh, ow) = image.output;
         let mut padded = PaddedPlanes::new(self.cin, (h, w), image.geo);
@@ -219,7 +228,7 @@ impl DenseConv {
             Some(_) => Activation::Identity,
             None => self.packed.activation,
         };
-        let block = |(b, out): (usize, &mut [f32])| {
+        let block = |(b, out): (usize, &mut [MaybeUninit<f32>])| {
             let c0 = b * DIRECT_CHANNELS;
             let channels = out.len() / plane;
             let mut srcs = Vec::with_capacity(taps);
@@ -238,7 +247,7 @@ impl DenseConv {
                 .map(|c| single_channel(&self.packed.weight[c * taps..(c + 1) * taps]))
                 .collect();
             // Conv row `oy` of the block's channels into `dst`, channel `c` at `c * stride`.
-            let mut conv_row = |oy: usize, dst: &mut [f32], stride: usize| {
+            let mut conv_row = |oy: usize, dst: &mut [MaybeUninit<f32>], stride: usize| {
                 padded.tap_rows(0..self.cin, oy, &mut srcs);
                 match &full {
                     Some((weights, bias)) => stencil::row::<DIRECT_CHANNELS, 16>(
@@ -267,11 +276,14 @@ impl DenseConv {
                 }
                 return;
             };
+            // The pooled output is a fraction of the conv's: cleared, it is max-ed into.
+            let out = cleared(out);
             let (pw, mut rows) = (pool.out.1, vec![0f32; channels * ow]);
             for py in 0..pool.out.0 {
                 let (y0, y1) = pool.window_rows(py, oh);
                 for oy in y0..y1 {
-                    conv_row(oy, &mut rows, ow);
+                    // SAFETY: the kernel writes only samples.
+                    conv_row(oy, unsafe { as_room(&mut rows) }, ow);
                     for (c, row) in rows.chunks_exact(ow).enumerate() {
                         pool.row(row, &mut out[c * plane + py * pw..][..pw], oy == y0);
                     }
@@ -288,6 +300,8 @@ impl DenseConv {
                 .for_each(block);
         }
         if let Some(residual) = image.residual {
+            // SAFETY: every block wrote (or cleared) all its samples.
+            let dst = unsafe { written(dst) };
             dst.iter_mut().zip(residual).for_each(|(d, r)| *d += r);
             self.packed.activation.apply(dst);
         }
@@ -386,14 +400,9 @@ impl DenseConv {
         let (ph, pw) = pool.map_or((oh, ow), |p| p.out);
         let (image_in, image_out) = (self.cin * h * w, self.cout * ph * pw);
         let len = n * image_out;
-        // The direct kernel writes through slices, so its output starts cleared; gemm writes
-        // every sample through a pointer, so its output is not cleared first (clearing the
-        // megabytes of a large layer's output costs about as much as writing them).
-        let mut out = if self.direct() {
-            vec![0f32; len]
-        } else {
-            Vec::with_capacity(len)
-        };
+        // Not cleared first: both kernels write every sample (clearing the megabytes of a
+        // large layer's output costs about as much as writing them).
+        let mut out = Vec::with_capacity(len);
         let base = SharedOut(out.as_mut_ptr());
         let threads = rayon::current_num_threads();
         let run = |b: usize, parallelism: Parallelism| {
@@ -408,8 +417,8 @@ impl DenseConv {
                 residual: residual.map(|(r, _)| &r[b * image_out..(b + 1) * image_out]),
             };
             if self.direct() {
-                // SAFETY: the direct kernel's output was cleared, so it is initialised.
-                let dst = unsafe { std::slice::from_raw_parts_mut(dst, image_out) };
+                // SAFETY: see above; the direct kernel writes only samples.
+                let dst = unsafe { std::slice::from_raw_parts_mut(dst.cast(), image_out) };
                 let parallel = !matches!(parallelism, Parallelism::None);
                 self.direct_image(&image, pool.as_ref(), dst, parallel);
             } else {
@@ -429,7 +438,7 @@ impl DenseConv {
             };
             (0..n).for_each(|b| run(b, parallelism));
         }
-        // SAFETY: every image's outputs were written (or cleared at allocation).
+        // SAFETY: every image's outputs were written.
         unsafe { out.set_len(len) };
         Ok((CpuStorage::F32(out), Shape::from((n, self.cout, ph, pw))))
     }

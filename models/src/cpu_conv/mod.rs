@@ -128,6 +128,23 @@ unsafe fn as_room(samples: &mut [f32]) -> &mut [std::mem::MaybeUninit<f32>] {
     unsafe { &mut *(samples as *mut [f32] as *mut [std::mem::MaybeUninit<f32>]) }
 }
 
+/// `room` cleared, as samples.
+fn cleared(room: &mut [std::mem::MaybeUninit<f32>]) -> &mut [f32] {
+    room.fill(std::mem::MaybeUninit::new(0.0));
+    // SAFETY: every sample was just written.
+    unsafe { written(room) }
+}
+
+/// `room` as the samples a kernel wrote into it.
+///
+/// # Safety
+/// Every sample of `room` is initialised.
+unsafe fn written(room: &mut [std::mem::MaybeUninit<f32>]) -> &mut [f32] {
+    // SAFETY: `MaybeUninit<f32>` has `f32`'s layout and every sample is initialised (the
+    // caller's contract).
+    unsafe { &mut *(room as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) }
+}
+
 /// Spatial geometry of one convolution: square kernel, stride and explicit zero padding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Geometry {

@@ -15,13 +15,14 @@ use super::Activation;
 
 /// One output row for `C` channels: `out[c * out_stride + x] = act(bias[c] + Σ_t
 /// weights[t][c] · srcs[t][x])` for `x < width`. Every source row holds at least `width`
-/// samples; `weights` has one entry per source row.
+/// samples; `weights` has one entry per source row. Every one of those outputs is written, so
+/// `out` need not be initialised.
 pub fn row<const C: usize, const W: usize>(
     srcs: &[&[f32]],
     weights: &[[f32; C]],
     bias: [f32; C],
     activation: Activation,
-    (out, out_stride, width): (&mut [f32], usize, usize),
+    (out, out_stride, width): (&mut [MaybeUninit<f32>], usize, usize),
 ) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
@@ -56,7 +57,7 @@ unsafe fn row_fma<const C: usize, const W: usize>(
     weights: &[[f32; C]],
     bias: [f32; C],
     activation: Activation,
-    (out, out_stride, width): (&mut [f32], usize, usize),
+    (out, out_stride, width): (&mut [MaybeUninit<f32>], usize, usize),
 ) {
     walk::<W>(width, |x, n| match n {
         1 => block::<C, 1, true>(srcs, weights, bias, activation, (out, out_stride), x),
@@ -70,6 +71,7 @@ unsafe fn row_fma<const C: usize, const W: usize>(
 #[cfg(target_arch = "x86_64")]
 mod avx {
     use std::arch::x86_64::*;
+    use std::mem::MaybeUninit;
 
     use super::Activation;
 
@@ -81,7 +83,7 @@ mod avx {
         weights: &[[f32; C]],
         bias: [f32; C],
         activation: Activation,
-        (out, out_stride): (&mut [f32], usize),
+        (out, out_stride): (&mut [MaybeUninit<f32>], usize),
         x: usize,
     ) {
         let mut acc: [[__m256; 4]; C] = bias.map(|b| [_mm256_set1_ps(b); 4]);
@@ -105,7 +107,12 @@ mod avx {
             let dst = &mut out[c * out_stride + x..][..N];
             for (v, &a) in acc.iter().enumerate().take(vectors) {
                 // SAFETY: `dst` holds `N` = 8 · `vectors` samples.
-                unsafe { _mm256_storeu_ps(dst.as_mut_ptr().add(8 * v), activate(a, activation)) };
+                unsafe {
+                    _mm256_storeu_ps(
+                        dst.as_mut_ptr().cast::<f32>().add(8 * v),
+                        activate(a, activation),
+                    )
+                };
             }
         }
     }
@@ -139,7 +146,7 @@ mod avx512 {
         weights: &[[f32; C]],
         bias: [f32; C],
         activation: Activation,
-        (out, out_stride, width): (&mut [f32], usize, usize),
+        (out, out_stride, width): (&mut [MaybeUninit<f32>], usize, usize),
     ) {
         let mut x = 0;
         while x + 32 <= width {
@@ -162,7 +169,7 @@ mod avx512 {
         weights: &[[f32; C]],
         bias: [f32; C],
         activation: Activation,
-        (out, out_stride): (&mut [f32], usize),
+        (out, out_stride): (&mut [MaybeUninit<f32>], usize),
         x: usize,
         last: usize,
     ) {
@@ -194,7 +201,7 @@ mod avx512 {
                 // SAFETY: `dst` holds `n` samples; masked-off lanes are not written.
                 unsafe {
                     _mm512_mask_storeu_ps(
-                        dst.as_mut_ptr().add(16 * v),
+                        dst.as_mut_ptr().cast::<f32>().add(16 * v),
                         mask(v),
                         activation.apply_512(a),
                     )
@@ -374,7 +381,7 @@ fn block<const C: usize, const N: usize, const FMA: bool>(
     weights: &[[f32; C]],
     bias: [f32; C],
     activation: Activation,
-    (out, out_stride): (&mut [f32], usize),
+    (out, out_stride): (&mut [MaybeUninit<f32>], usize),
     x: usize,
 ) {
     let mut acc = bias.map(|b| [b; N]);
@@ -391,7 +398,9 @@ fn block<const C: usize, const N: usize, const FMA: bool>(
     }
     for (c, acc) in acc.iter_mut().enumerate() {
         activation.apply(acc);
-        out[c * out_stride + x..][..N].copy_from_slice(acc);
+        for (o, &a) in out[c * out_stride + x..][..N].iter_mut().zip(acc.iter()) {
+            o.write(a);
+        }
     }
 }
 
@@ -413,8 +422,12 @@ pub fn depthwise_row(
         let weights: &[[f32; 1]] =
             unsafe { std::slice::from_raw_parts(taps.as_ptr().cast(), taps.len()) };
         let width = out.len();
-        // SAFETY: the CPU has the feature `avx512::row` is compiled for.
-        unsafe { avx512::row::<1>(srcs, weights, [bias], activation, (out, 0, width)) };
+        // SAFETY: the CPU has the feature `avx512::row` is compiled for, which writes only
+        // samples.
+        unsafe {
+            let out = super::as_room(out);
+            avx512::row::<1>(srcs, weights, [bias], activation, (out, 0, width))
+        };
         return;
     }
     #[cfg(target_arch = "x86_64")]
@@ -584,7 +597,7 @@ mod tests {
         weights: &[[f32; C]],
         bias: [f32; C],
         activation: Activation,
-        (out, out_stride, width): (&mut [f32], usize, usize),
+        (out, out_stride, width): (&mut [MaybeUninit<f32>], usize, usize),
     ) {
         walk::<16>(width, |x, n| match n {
             1 => block::<C, 1, false>(srcs, weights, bias, activation, (out, out_stride), x),
@@ -610,7 +623,8 @@ mod tests {
             .map(|t| std::array::from_fn(|c| ((t * 5 + c * 3) % 11) as f32 * 0.25 - 1.0))
             .collect();
         let bias = [0.5, -1.0, 2.0, 0.0];
-        type Row = fn(&[&[f32]], &[[f32; 4]], [f32; 4], Activation, (&mut [f32], usize, usize));
+        type Out<'a> = (&'a mut [MaybeUninit<f32>], usize, usize);
+        type Row = fn(&[&[f32]], &[[f32; 4]], [f32; 4], Activation, Out);
         let mut builds: Vec<(&str, Row)> = Vec::new();
         #[cfg(target_arch = "x86_64")]
         {
@@ -636,7 +650,8 @@ mod tests {
                 &weights,
                 bias,
                 Activation::Leaky(0.1),
-                (&mut want, width, width),
+                // SAFETY: the builds write only samples.
+                (unsafe { crate::cpu_conv::as_room(&mut want) }, width, width),
             );
             for (name, build) in &builds {
                 let mut got = vec![f32::NAN; 4 * width];
@@ -645,7 +660,8 @@ mod tests {
                     &weights,
                     bias,
                     Activation::Leaky(0.1),
-                    (&mut got, width, width),
+                    // SAFETY: as above; a NaN left unwritten fails the comparison below.
+                    (unsafe { crate::cpu_conv::as_room(&mut got) }, width, width),
                 );
                 for (g, w) in got.iter().zip(&want) {
                     assert!(
