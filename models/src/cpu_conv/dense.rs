@@ -80,6 +80,29 @@ impl DenseConv {
         (k > 1 || self.packed.stride > 1) && self.cin * k * k <= DIRECT_MAX_TAPS
     }
 
+    /// The filter as the direct kernel takes it, block by block of [`DIRECT_CHANNELS`]
+    /// output channels.
+    fn direct_filters(&self) -> Vec<DirectFilter> {
+        let taps = self.cin * self.packed.kernel * self.packed.kernel;
+        let weight = |c: usize, t: usize| self.packed.weight[c * taps + t];
+        (0..self.cout)
+            .step_by(DIRECT_CHANNELS)
+            .map(|c0| {
+                if c0 + DIRECT_CHANNELS <= self.cout {
+                    let weights = (0..taps)
+                        .map(|t| std::array::from_fn(|c| weight(c0 + c, t)))
+                        .collect();
+                    DirectFilter::Block(weights, std::array::from_fn(|c| self.packed.bias[c0 + c]))
+                } else {
+                    let singles = (c0..self.cout)
+                        .map(|c| single_channel(&self.packed.weight[c * taps..(c + 1) * taps]))
+                        .collect();
+                    DirectFilter::Singles(singles)
+                }
+            })
+            .collect()
+    }
+
     /// One image on gemm: `dst = act(W · im2col(x) + bias [+ residual])`.
     ///
     /// # Safety
@@ -206,10 +229,12 @@ impl DenseConv {
         (0..m).for_each(|c| self.packed.activation.apply(row(c)));
     }
 
-    /// One image on the direct kernel, [`DIRECT_CHANNELS`] output channels at a time (in
-    /// parallel when `parallel`): `dst = act(conv(x) + bias [+ residual])`, max-pooled by
-    /// `pool` when there is one (windows that do not overlap, no residual): each window's
-    /// conv rows are computed into a buffer of a few rows and pooled from there.
+    /// One image on the direct kernel: `dst = act(conv(x) + bias [+ residual])`, max-pooled by
+    /// `pool` when there is one (windows that do not overlap, no residual). Output rows are
+    /// the unit of work (in parallel when `parallel`; pooled rows when pooled): each computes
+    /// its conv row for every channel, [`DIRECT_CHANNELS`] at a time, into a buffer that stays
+    /// in cache, and stores or pools it from there, so each input row is read once per output
+    /// row rather than once per channel block.
     fn direct_image(
         &self,
         image: &Image,
@@ -228,84 +253,95 @@ impl DenseConv {
             Some(_) => Activation::Identity,
             None => self.packed.activation,
         };
-        let block = |(b, out): (usize, &mut [MaybeUninit<f32>])| {
-            let c0 = b * DIRECT_CHANNELS;
-            let channels = out.len() / plane;
-            let mut srcs = Vec::with_capacity(taps);
-            let weight = |c: usize, t: usize| self.packed.weight[c * taps + t];
-            let full = (channels == DIRECT_CHANNELS).then(|| {
-                let weights: Vec<[f32; DIRECT_CHANNELS]> = (0..taps)
-                    .map(|t| std::array::from_fn(|c| weight(c0 + c, t)))
-                    .collect();
-                let bias: [f32; DIRECT_CHANNELS] =
-                    std::array::from_fn(|c| self.packed.bias[c0 + c]);
-                (weights, bias)
-            });
-            // A last, partial block runs its channels one at a time.
-            let singles: Vec<_> = (c0..c0 + channels)
-                .filter(|_| full.is_none())
-                .map(|c| single_channel(&self.packed.weight[c * taps..(c + 1) * taps]))
-                .collect();
-            // Conv row `oy` of the block's channels into `dst`, channel `c` at `c * stride`.
-            let mut conv_row = |oy: usize, dst: &mut [MaybeUninit<f32>], stride: usize| {
-                padded.tap_rows(0..self.cin, oy, &mut srcs);
-                match &full {
-                    Some((weights, bias)) => stencil::row::<DIRECT_CHANNELS, 16>(
-                        &srcs,
+        let filters = self.direct_filters();
+        // Conv row `oy` of every channel into `rows`, channel `c` at `c * ow`.
+        let conv_rows = |oy: usize, rows: &mut [f32], srcs: &mut Vec<_>| {
+            padded.tap_rows(0..self.cin, oy, srcs);
+            // SAFETY: the kernel writes only samples.
+            let rows = unsafe { as_room(rows) };
+            for (b, filter) in filters.iter().enumerate() {
+                let c0 = b * DIRECT_CHANNELS;
+                let dst = &mut rows[c0 * ow..];
+                match filter {
+                    DirectFilter::Block(weights, bias) => stencil::row::<DIRECT_CHANNELS, 16>(
+                        srcs,
                         weights,
                         *bias,
                         activation,
-                        (dst, stride, ow),
+                        (dst, ow, ow),
                     ),
-                    None => {
+                    DirectFilter::Singles(singles) => {
                         for (i, weights) in singles.iter().enumerate() {
                             stencil::row::<1, 32>(
-                                &srcs,
+                                srcs,
                                 weights,
                                 [self.packed.bias[c0 + i]],
                                 activation,
-                                (&mut dst[i * stride..], 0, ow),
+                                (&mut dst[i * ow..], 0, ow),
                             );
                         }
                     }
                 }
-            };
-            let Some(pool) = pool else {
-                for oy in 0..oh {
-                    conv_row(oy, &mut out[oy * ow..], plane);
-                }
-                return;
-            };
+            }
+        };
+        if pool.is_some() {
             // The pooled output is a fraction of the conv's: cleared, it is max-ed into.
-            let out = cleared(out);
-            let (pw, mut rows) = (pool.out.1, vec![0f32; channels * ow]);
-            for py in 0..pool.out.0 {
-                let (y0, y1) = pool.window_rows(py, oh);
+            cleared(dst);
+        }
+        let out = SharedOut(dst.as_mut_ptr().cast::<f32>());
+        let unit = |(rows, srcs): &mut (Vec<f32>, Vec<_>), u: usize| match pool {
+            None => {
+                conv_rows(u, rows, srcs);
+                for (c, row) in rows.chunks_exact(ow).enumerate() {
+                    // SAFETY: row `u` of channel `c` lies inside `dst`, and only this unit
+                    // writes it.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            row.as_ptr(),
+                            out.ptr().add(c * plane + u * ow),
+                            ow,
+                        )
+                    };
+                }
+            }
+            Some(pool) => {
+                let ((y0, y1), pw) = (pool.window_rows(u, oh), pool.out.1);
                 for oy in y0..y1 {
-                    // SAFETY: the kernel writes only samples.
-                    conv_row(oy, unsafe { as_room(&mut rows) }, ow);
+                    conv_rows(oy, rows, srcs);
                     for (c, row) in rows.chunks_exact(ow).enumerate() {
-                        pool.row(row, &mut out[c * plane + py * pw..][..pw], oy == y0);
+                        // SAFETY: pooled row `u` of channel `c` lies inside `dst`, was
+                        // cleared above, and only this unit touches it.
+                        let pooled = unsafe {
+                            std::slice::from_raw_parts_mut(out.ptr().add(c * plane + u * pw), pw)
+                        };
+                        pool.row(row, pooled, oy == y0);
                     }
                 }
             }
         };
+        let units = pool.map_or(oh, |p| p.out.0);
+        let scratch = || (vec![0f32; self.cout * ow], Vec::with_capacity(taps));
         if parallel {
-            dst.par_chunks_mut(DIRECT_CHANNELS * plane)
-                .enumerate()
-                .for_each(block);
+            (0..units).into_par_iter().for_each_init(scratch, unit);
         } else {
-            dst.chunks_mut(DIRECT_CHANNELS * plane)
-                .enumerate()
-                .for_each(block);
+            let mut scratch = scratch();
+            (0..units).for_each(|u| unit(&mut scratch, u));
         }
         if let Some(residual) = image.residual {
-            // SAFETY: every block wrote (or cleared) all its samples.
+            // SAFETY: every unit wrote all its rows' samples.
             let dst = unsafe { written(dst) };
             dst.iter_mut().zip(residual).for_each(|(d, r)| *d += r);
             self.packed.activation.apply(dst);
         }
     }
+}
+
+/// One block of output channels for the direct kernel.
+enum DirectFilter {
+    /// [`DIRECT_CHANNELS`] channels: per tap, their weights; their biases.
+    Block(Vec<[f32; DIRECT_CHANNELS]>, [f32; DIRECT_CHANNELS]),
+    /// The last, partial block's channels, run one at a time: per channel, its taps.
+    Singles(Vec<Vec<[f32; 1]>>),
 }
 
 /// One image of a batch: its input `[cin, h, w]`, the geometry and output size, and the
