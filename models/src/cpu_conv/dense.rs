@@ -22,6 +22,12 @@ const DIRECT_MAX_TAPS: usize = 32;
 /// Output channels the direct kernel computes together (sharing each source load).
 const DIRECT_CHANNELS: usize = 4;
 
+/// Output rows (pooled rows when pooled) per unit of work of the direct kernel: the unit
+/// pads and phases the input rows they read itself, into a buffer that stays in L2 (SSD's
+/// first layer: 3 planes × 17 rows × 514 samples), re-reading the rows shared with the next
+/// unit (1 of 17 there).
+const DIRECT_BAND: usize = 8;
+
 /// A dense (ungrouped) convolution with packed weights, bias and activation.
 #[derive(Debug, Clone)]
 pub struct DenseConv {
@@ -230,11 +236,12 @@ impl DenseConv {
     }
 
     /// One image on the direct kernel: `dst = act(conv(x) + bias [+ residual])`, max-pooled by
-    /// `pool` when there is one (windows that do not overlap, no residual). Output rows are
-    /// the unit of work (in parallel when `parallel`; pooled rows when pooled): each computes
-    /// its conv row for every channel, [`DIRECT_CHANNELS`] at a time, into a buffer that stays
-    /// in cache, and stores or pools it from there, so each input row is read once per output
-    /// row rather than once per channel block.
+    /// `pool` when there is one (windows that do not overlap, no residual). Bands of
+    /// [`DIRECT_BAND`] output rows (pooled rows when pooled) are the units of work (in parallel
+    /// when `parallel`): each pads and phases the input rows it reads, then computes each conv
+    /// row for every channel, [`DIRECT_CHANNELS`] at a time, into a buffer that stays in cache,
+    /// and stores or pools it from there, so each input row is read once per output row
+    /// rather than once per channel block.
     fn direct_image(
         &self,
         image: &Image,
@@ -244,8 +251,7 @@ impl DenseConv {
     ) {
         let (h, w) = image.input;
         let (oh, ow) = image.output;
-        let mut padded = PaddedPlanes::new(self.cin, (h, w), image.geo);
-        padded.fill(image.x, false, false);
+        let geo = image.geo;
         let taps = self.cin * self.packed.kernel * self.packed.kernel;
         let plane = pool.map_or(oh * ow, |p| p.out.0 * p.out.1);
         // The residual has to be added before the activation, after the kernel.
@@ -254,9 +260,11 @@ impl DenseConv {
             None => self.packed.activation,
         };
         let filters = self.direct_filters();
-        // Conv row `oy` of every channel into `rows`, channel `c` at `c * ow`.
-        let conv_rows = |oy: usize, rows: &mut [f32], srcs: &mut Vec<_>| {
-            padded.tap_rows(0..self.cin, oy, srcs);
+        // Conv row `j` of the rows held in `padded` for every channel into `rows`, channel
+        // `c` at `c * ow`.
+        let conv_row = |padded: &PaddedPlanes, j: usize, rows: &mut [f32]| {
+            let mut srcs = Vec::with_capacity(taps);
+            padded.tap_rows(0..self.cin, j, &mut srcs);
             // SAFETY: the kernel writes only samples.
             let rows = unsafe { as_room(rows) };
             for (b, filter) in filters.iter().enumerate() {
@@ -264,7 +272,7 @@ impl DenseConv {
                 let dst = &mut rows[c0 * ow..];
                 match filter {
                     DirectFilter::Block(weights, bias) => stencil::row::<DIRECT_CHANNELS, 16>(
-                        srcs,
+                        &srcs,
                         weights,
                         *bias,
                         activation,
@@ -273,7 +281,7 @@ impl DenseConv {
                     DirectFilter::Singles(singles) => {
                         for (i, weights) in singles.iter().enumerate() {
                             stencil::row::<1, 32>(
-                                srcs,
+                                &srcs,
                                 weights,
                                 [self.packed.bias[c0 + i]],
                                 activation,
@@ -289,38 +297,55 @@ impl DenseConv {
             cleared(dst);
         }
         let out = SharedOut(dst.as_mut_ptr().cast::<f32>());
-        let unit = |(rows, srcs): &mut (Vec<f32>, Vec<_>), u: usize| match pool {
-            None => {
-                conv_rows(u, rows, srcs);
-                for (c, row) in rows.chunks_exact(ow).enumerate() {
-                    // SAFETY: row `u` of channel `c` lies inside `dst`, and only this unit
-                    // writes it.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            row.as_ptr(),
-                            out.ptr().add(c * plane + u * ow),
-                            ow,
-                        )
-                    };
-                }
+        let bands = pool.map_or(oh, |p| p.out.0);
+        // The conv rows band `u` computes.
+        let conv_rows = |u: usize| {
+            let (r0, r1) = (u * DIRECT_BAND, ((u + 1) * DIRECT_BAND).min(bands));
+            match pool {
+                None => (r0, r1),
+                Some(p) => (p.window_rows(r0, oh).0, p.window_rows(r1 - 1, oh).1),
             }
-            Some(pool) => {
-                let ((y0, y1), pw) = (pool.window_rows(u, oh), pool.out.1);
+        };
+        let units = bands.div_ceil(DIRECT_BAND);
+        let most = (0..units).map(|u| conv_rows(u).1 - conv_rows(u).0).max();
+        let scratch = || {
+            let padded = PaddedPlanes::for_output_rows(self.cin, most.unwrap_or(1), w, geo);
+            (vec![0f32; self.cout * ow], padded)
+        };
+        let unit = |(rows, padded): &mut (Vec<f32>, PaddedPlanes), u: usize| {
+            let (y0, y1) = conv_rows(u);
+            let first = (y0 * geo.stride) as isize - geo.pad.0 as isize;
+            padded.fill_rows(image.x, h, first, false, false);
+            let Some(pool) = pool else {
                 for oy in y0..y1 {
-                    conv_rows(oy, rows, srcs);
+                    conv_row(padded, oy - y0, rows);
                     for (c, row) in rows.chunks_exact(ow).enumerate() {
-                        // SAFETY: pooled row `u` of channel `c` lies inside `dst`, was
+                        // SAFETY: row `oy` of channel `c` lies inside `dst`, and only this
+                        // unit writes it.
+                        unsafe {
+                            let at = out.ptr().add(c * plane + oy * ow);
+                            std::ptr::copy_nonoverlapping(row.as_ptr(), at, ow)
+                        };
+                    }
+                }
+                return;
+            };
+            let pw = pool.out.1;
+            for py in u * DIRECT_BAND..((u + 1) * DIRECT_BAND).min(bands) {
+                let (p0, p1) = pool.window_rows(py, oh);
+                for oy in p0..p1 {
+                    conv_row(padded, oy - y0, rows);
+                    for (c, row) in rows.chunks_exact(ow).enumerate() {
+                        // SAFETY: pooled row `py` of channel `c` lies inside `dst`, was
                         // cleared above, and only this unit touches it.
                         let pooled = unsafe {
-                            std::slice::from_raw_parts_mut(out.ptr().add(c * plane + u * pw), pw)
+                            std::slice::from_raw_parts_mut(out.ptr().add(c * plane + py * pw), pw)
                         };
-                        pool.row(row, pooled, oy == y0);
+                        pool.row(row, pooled, oy == p0);
                     }
                 }
             }
         };
-        let units = pool.map_or(oh, |p| p.out.0);
-        let scratch = || (vec![0f32; self.cout * ow], Vec::with_capacity(taps));
         if parallel {
             (0..units).into_par_iter().for_each_init(scratch, unit);
         } else {
