@@ -19,7 +19,7 @@
 //!
 //! Weights are packed once, when a layer is built. Both kernels use every Rayon thread: across
 //! images when the batch has at least as many images as threads, inside each image otherwise
-//! (column tiles for the matrix product, channel blocks or planes for the direct kernel).
+//! (column tiles for the matrix product, bands of output rows for the direct kernel).
 
 #[cfg(target_arch = "x86_64")]
 mod amx;
@@ -117,8 +117,8 @@ impl SharedOut {
     }
 }
 
-/// `samples` as room for a kernel that writes every sample of it
-/// ([`stencil::depthwise3`]), to hand it a buffer that is already initialised.
+/// `samples` as room for a kernel that writes into `MaybeUninit` room ([`stencil::row`],
+/// [`stencil::depthwise3`]), to hand it a buffer that is already initialised.
 ///
 /// # Safety
 /// Whatever writes through the result writes only initialised samples.
