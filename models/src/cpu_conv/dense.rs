@@ -260,11 +260,9 @@ impl DenseConv {
             None => self.packed.activation,
         };
         let filters = self.direct_filters();
-        // Conv row `j` of the rows held in `padded` for every channel into `rows`, channel
-        // `c` at `c * ow`.
-        let conv_row = |padded: &PaddedPlanes, j: usize, rows: &mut [f32]| {
-            let mut srcs = Vec::with_capacity(taps);
-            padded.tap_rows(0..self.cin, j, &mut srcs);
+        // The conv row whose taps are `srcs` for every channel into `rows`, channel `c` at
+        // `c * ow`.
+        let conv_row = |srcs: &[&[f32]], rows: &mut [f32]| {
             // SAFETY: the kernel writes only samples.
             let rows = unsafe { as_room(rows) };
             for (b, filter) in filters.iter().enumerate() {
@@ -272,7 +270,7 @@ impl DenseConv {
                 let dst = &mut rows[c0 * ow..];
                 match filter {
                     DirectFilter::Block(weights, bias) => stencil::row::<DIRECT_CHANNELS, 16>(
-                        &srcs,
+                        srcs,
                         weights,
                         *bias,
                         activation,
@@ -281,7 +279,7 @@ impl DenseConv {
                     DirectFilter::Singles(singles) => {
                         for (i, weights) in singles.iter().enumerate() {
                             stencil::row::<1, 32>(
-                                &srcs,
+                                srcs,
                                 weights,
                                 [self.packed.bias[c0 + i]],
                                 activation,
@@ -316,9 +314,11 @@ impl DenseConv {
             let (y0, y1) = conv_rows(u);
             let first = (y0 * geo.stride) as isize - geo.pad.0 as isize;
             padded.fill_rows(image.x, h, first, false, false);
+            let mut srcs = Vec::with_capacity(taps);
             let Some(pool) = pool else {
                 for oy in y0..y1 {
-                    conv_row(padded, oy - y0, rows);
+                    padded.tap_rows(0..self.cin, oy - y0, &mut srcs);
+                    conv_row(&srcs, rows);
                     for (c, row) in rows.chunks_exact(ow).enumerate() {
                         // SAFETY: row `oy` of channel `c` lies inside `dst`, and only this
                         // unit writes it.
@@ -334,7 +334,8 @@ impl DenseConv {
             for py in u * DIRECT_BAND..((u + 1) * DIRECT_BAND).min(bands) {
                 let (p0, p1) = pool.window_rows(py, oh);
                 for oy in p0..p1 {
-                    conv_row(padded, oy - y0, rows);
+                    padded.tap_rows(0..self.cin, oy - y0, &mut srcs);
+                    conv_row(&srcs, rows);
                     for (c, row) in rows.chunks_exact(ow).enumerate() {
                         // SAFETY: pooled row `py` of channel `c` lies inside `dst`, was
                         // cleared above, and only this unit touches it.
