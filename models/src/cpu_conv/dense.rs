@@ -103,7 +103,7 @@ impl DenseConv {
                     let singles = (c0..self.cout)
                         .map(|c| single_channel(&self.packed.weight[c * taps..(c + 1) * taps]))
                         .collect();
-                    DirectFilter::Singles(singles)
+                    DirectFilter::Singles(singles, self.packed.bias[c0..].to_vec())
                 }
             })
             .collect()
@@ -260,31 +260,24 @@ impl DenseConv {
             None => self.packed.activation,
         };
         let filters = self.direct_filters();
-        // The conv row whose taps are `srcs` for every channel into `rows`, channel `c` at
-        // `c * ow`.
-        let conv_row = |srcs: &[&[f32]], rows: &mut [f32]| {
-            // SAFETY: the kernel writes only samples.
-            let rows = unsafe { as_room(rows) };
-            for (b, filter) in filters.iter().enumerate() {
-                let c0 = b * DIRECT_CHANNELS;
-                let dst = &mut rows[c0 * ow..];
+        // The conv row whose taps are `srcs` for every channel into `rows`, one per channel.
+        let conv_row = |srcs: &[&[f32]], rows: &mut [&mut [MaybeUninit<f32>]]| {
+            for (filter, rows) in filters.iter().zip(rows.chunks_mut(DIRECT_CHANNELS)) {
                 match filter {
-                    DirectFilter::Block(weights, bias) => stencil::row::<DIRECT_CHANNELS, 16>(
-                        srcs,
-                        weights,
-                        *bias,
-                        activation,
-                        (dst, ow, ow),
-                    ),
-                    DirectFilter::Singles(singles) => {
-                        for (i, weights) in singles.iter().enumerate() {
-                            stencil::row::<1, 32>(
-                                srcs,
-                                weights,
-                                [self.packed.bias[c0 + i]],
-                                activation,
-                                (&mut dst[i * ow..], 0, ow),
-                            );
+                    DirectFilter::Block(weights, bias) => {
+                        let rows = rows.try_into().expect("a block's rows");
+                        stencil::row::<DIRECT_CHANNELS, 16>(
+                            srcs,
+                            weights,
+                            *bias,
+                            activation,
+                            (rows, ow),
+                        )
+                    }
+                    DirectFilter::Singles(singles, biases) => {
+                        for ((weights, &bias), row) in singles.iter().zip(biases).zip(rows) {
+                            let row = &mut [&mut **row];
+                            stencil::row::<1, 32>(srcs, weights, [bias], activation, (row, ow));
                         }
                     }
                 }
@@ -308,7 +301,8 @@ impl DenseConv {
         let most = (0..units).map(|u| conv_rows(u).1 - conv_rows(u).0).max();
         let scratch = || {
             let padded = PaddedPlanes::for_output_rows(self.cin, most.unwrap_or(1), w, geo);
-            (vec![0f32; self.cout * ow], padded)
+            // Pooled, each conv row goes through a buffer; otherwise straight to `dst`.
+            (vec![0f32; pool.map_or(0, |_| self.cout * ow)], padded)
         };
         let unit = |(rows, padded): &mut (Vec<f32>, PaddedPlanes), u: usize| {
             let (y0, y1) = conv_rows(u);
@@ -318,15 +312,16 @@ impl DenseConv {
             let Some(pool) = pool else {
                 for oy in y0..y1 {
                     padded.tap_rows(0..self.cin, oy - y0, &mut srcs);
-                    conv_row(&srcs, rows);
-                    for (c, row) in rows.chunks_exact(ow).enumerate() {
-                        // SAFETY: row `oy` of channel `c` lies inside `dst`, and only this
-                        // unit writes it.
-                        unsafe {
-                            let at = out.ptr().add(c * plane + oy * ow);
-                            std::ptr::copy_nonoverlapping(row.as_ptr(), at, ow)
-                        };
-                    }
+                    // SAFETY: row `oy` of channel `c` lies inside `dst`, and only this unit
+                    // touches it.
+                    let at = |c: usize| unsafe {
+                        let at = out
+                            .ptr()
+                            .add(c * plane + oy * ow)
+                            .cast::<MaybeUninit<f32>>();
+                        std::slice::from_raw_parts_mut(at, ow)
+                    };
+                    conv_row(&srcs, &mut (0..self.cout).map(at).collect::<Vec<_>>());
                 }
                 return;
             };
@@ -335,7 +330,9 @@ impl DenseConv {
                 let (p0, p1) = pool.window_rows(py, oh);
                 for oy in p0..p1 {
                     padded.tap_rows(0..self.cin, oy - y0, &mut srcs);
-                    conv_row(&srcs, rows);
+                    // SAFETY: the kernel writes only samples.
+                    let room = unsafe { as_room(rows) };
+                    conv_row(&srcs, &mut room.chunks_exact_mut(ow).collect::<Vec<_>>());
                     for (c, row) in rows.chunks_exact(ow).enumerate() {
                         // SAFETY: pooled row `py` of channel `c` lies inside `dst`, was
                         // cleared above, and only this unit touches it.
@@ -366,8 +363,9 @@ impl DenseConv {
 enum DirectFilter {
     /// [`DIRECT_CHANNELS`] channels: per tap, their weights; their biases.
     Block(Vec<[f32; DIRECT_CHANNELS]>, [f32; DIRECT_CHANNELS]),
-    /// The last, partial block's channels, run one at a time: per channel, its taps.
-    Singles(Vec<Vec<[f32; 1]>>),
+    /// The last, partial block's channels, run one at a time: per channel, its taps; their
+    /// biases.
+    Singles(Vec<Vec<[f32; 1]>>, Vec<f32>),
 }
 
 /// One image of a batch: its input `[cin, h, w]`, the geometry and output size, and the

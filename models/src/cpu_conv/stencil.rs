@@ -13,33 +13,33 @@ use std::mem::MaybeUninit;
 
 use super::Activation;
 
-/// One output row for `C` channels: `out[c * out_stride + x] = act(bias[c] + Σ_t
+/// One output row for `C` channels: `outs[c][x] = act(bias[c] + Σ_t
 /// weights[t][c] · srcs[t][x])` for `x < width`. Every source row holds at least `width`
 /// samples; `weights` has one entry per source row. Every one of those outputs is written, so
-/// `out` need not be initialised.
+/// the rows need not be initialised.
 pub fn row<const C: usize, const W: usize>(
     srcs: &[&[f32]],
     weights: &[[f32; C]],
     bias: [f32; C],
     activation: Activation,
-    (out, out_stride, width): (&mut [MaybeUninit<f32>], usize, usize),
+    (outs, width): (&mut [&mut [MaybeUninit<f32>]; C], usize),
 ) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
         // SAFETY: the CPU has the feature `avx512::row` is compiled for.
-        unsafe { avx512::row::<C>(srcs, weights, bias, activation, (out, out_stride, width)) };
+        unsafe { avx512::row::<C>(srcs, weights, bias, activation, (outs, width)) };
         return;
     }
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU has the features `row_fma` is compiled for.
-        unsafe { row_fma::<C, W>(srcs, weights, bias, activation, (out, out_stride, width)) };
+        unsafe { row_fma::<C, W>(srcs, weights, bias, activation, (outs, width)) };
         return;
     }
     walk::<W>(width, |x, n| match n {
-        1 => block::<C, 1, false>(srcs, weights, bias, activation, (out, out_stride), x),
-        8 => block::<C, 8, false>(srcs, weights, bias, activation, (out, out_stride), x),
-        _ => block::<C, W, false>(srcs, weights, bias, activation, (out, out_stride), x),
+        1 => block::<C, 1, false>(srcs, weights, bias, activation, outs, x),
+        8 => block::<C, 8, false>(srcs, weights, bias, activation, outs, x),
+        _ => block::<C, W, false>(srcs, weights, bias, activation, outs, x),
     });
 }
 
@@ -57,12 +57,12 @@ unsafe fn row_fma<const C: usize, const W: usize>(
     weights: &[[f32; C]],
     bias: [f32; C],
     activation: Activation,
-    (out, out_stride, width): (&mut [MaybeUninit<f32>], usize, usize),
+    (outs, width): (&mut [&mut [MaybeUninit<f32>]; C], usize),
 ) {
     walk::<W>(width, |x, n| match n {
-        1 => block::<C, 1, true>(srcs, weights, bias, activation, (out, out_stride), x),
-        8 => avx::block::<C, 8>(srcs, weights, bias, activation, (out, out_stride), x),
-        _ => avx::block::<C, W>(srcs, weights, bias, activation, (out, out_stride), x),
+        1 => block::<C, 1, true>(srcs, weights, bias, activation, outs, x),
+        8 => avx::block::<C, 8>(srcs, weights, bias, activation, outs, x),
+        _ => avx::block::<C, W>(srcs, weights, bias, activation, outs, x),
     });
 }
 
@@ -83,7 +83,7 @@ mod avx {
         weights: &[[f32; C]],
         bias: [f32; C],
         activation: Activation,
-        (out, out_stride): (&mut [MaybeUninit<f32>], usize),
+        outs: &mut [&mut [MaybeUninit<f32>]; C],
         x: usize,
     ) {
         let mut acc: [[__m256; 4]; C] = bias.map(|b| [_mm256_set1_ps(b); 4]);
@@ -104,7 +104,7 @@ mod avx {
             }
         }
         for (c, acc) in acc.iter().enumerate() {
-            let dst = &mut out[c * out_stride + x..][..N];
+            let dst = &mut outs[c][x..][..N];
             for (v, &a) in acc.iter().enumerate().take(vectors) {
                 // SAFETY: `dst` holds `N` = 8 · `vectors` samples.
                 unsafe {
@@ -146,16 +146,16 @@ mod avx512 {
         weights: &[[f32; C]],
         bias: [f32; C],
         activation: Activation,
-        (out, out_stride, width): (&mut [MaybeUninit<f32>], usize, usize),
+        (outs, width): (&mut [&mut [MaybeUninit<f32>]; C], usize),
     ) {
         let mut x = 0;
         while x + 32 <= width {
-            block::<C, 2>(srcs, weights, bias, activation, (out, out_stride), x, 16);
+            block::<C, 2>(srcs, weights, bias, activation, outs, x, 16);
             x += 32;
         }
         while x < width {
             let n = (width - x).min(16);
-            block::<C, 1>(srcs, weights, bias, activation, (out, out_stride), x, n);
+            block::<C, 1>(srcs, weights, bias, activation, outs, x, n);
             x += n;
         }
     }
@@ -169,7 +169,7 @@ mod avx512 {
         weights: &[[f32; C]],
         bias: [f32; C],
         activation: Activation,
-        (out, out_stride): (&mut [MaybeUninit<f32>], usize),
+        outs: &mut [&mut [MaybeUninit<f32>]; C],
         x: usize,
         last: usize,
     ) {
@@ -196,7 +196,7 @@ mod avx512 {
             }
         }
         for (c, acc) in acc.iter().enumerate() {
-            let dst = &mut out[c * out_stride + x..][..n];
+            let dst = &mut outs[c][x..][..n];
             for (v, &a) in acc.iter().enumerate() {
                 // SAFETY: `dst` holds `n` samples; masked-off lanes are not written.
                 unsafe {
@@ -381,7 +381,7 @@ fn block<const C: usize, const N: usize, const FMA: bool>(
     weights: &[[f32; C]],
     bias: [f32; C],
     activation: Activation,
-    (out, out_stride): (&mut [MaybeUninit<f32>], usize),
+    outs: &mut [&mut [MaybeUninit<f32>]; C],
     x: usize,
 ) {
     let mut acc = bias.map(|b| [b; N]);
@@ -398,7 +398,7 @@ fn block<const C: usize, const N: usize, const FMA: bool>(
     }
     for (c, acc) in acc.iter_mut().enumerate() {
         activation.apply(acc);
-        for (o, &a) in out[c * out_stride + x..][..N].iter_mut().zip(acc.iter()) {
+        for (o, &a) in outs[c][x..][..N].iter_mut().zip(acc.iter()) {
             o.write(a);
         }
     }
@@ -426,7 +426,7 @@ pub fn depthwise_row(
         // samples.
         unsafe {
             let out = super::as_room(out);
-            avx512::row::<1>(srcs, weights, [bias], activation, (out, 0, width))
+            avx512::row::<1>(srcs, weights, [bias], activation, (&mut [out], width))
         };
         return;
     }
@@ -597,12 +597,12 @@ mod tests {
         weights: &[[f32; C]],
         bias: [f32; C],
         activation: Activation,
-        (out, out_stride, width): (&mut [MaybeUninit<f32>], usize, usize),
+        (outs, width): (&mut [&mut [MaybeUninit<f32>]; C], usize),
     ) {
         walk::<16>(width, |x, n| match n {
-            1 => block::<C, 1, false>(srcs, weights, bias, activation, (out, out_stride), x),
-            8 => block::<C, 8, false>(srcs, weights, bias, activation, (out, out_stride), x),
-            _ => block::<C, 16, false>(srcs, weights, bias, activation, (out, out_stride), x),
+            1 => block::<C, 1, false>(srcs, weights, bias, activation, outs, x),
+            8 => block::<C, 8, false>(srcs, weights, bias, activation, outs, x),
+            _ => block::<C, 16, false>(srcs, weights, bias, activation, outs, x),
         });
     }
 
@@ -623,8 +623,15 @@ mod tests {
             .map(|t| std::array::from_fn(|c| ((t * 5 + c * 3) % 11) as f32 * 0.25 - 1.0))
             .collect();
         let bias = [0.5, -1.0, 2.0, 0.0];
-        type Out<'a> = (&'a mut [MaybeUninit<f32>], usize, usize);
+        type Out<'a, 'b> = (&'a mut [&'b mut [MaybeUninit<f32>]; 4], usize);
         type Row = fn(&[&[f32]], &[[f32; 4]], [f32; 4], Activation, Out);
+        // The four channels' rows of `buf` (`4 × width`).
+        fn rows(buf: &mut [f32], width: usize) -> [&mut [MaybeUninit<f32>]; 4] {
+            // SAFETY: the builds write only samples.
+            let room = unsafe { crate::cpu_conv::as_room(buf) };
+            let mut rows = room.chunks_exact_mut(width);
+            std::array::from_fn(|_| rows.next().expect("four rows"))
+        }
         let mut builds: Vec<(&str, Row)> = Vec::new();
         #[cfg(target_arch = "x86_64")]
         {
@@ -650,8 +657,7 @@ mod tests {
                 &weights,
                 bias,
                 Activation::Leaky(0.1),
-                // SAFETY: the builds write only samples.
-                (unsafe { crate::cpu_conv::as_room(&mut want) }, width, width),
+                (&mut rows(&mut want, width), width),
             );
             for (name, build) in &builds {
                 let mut got = vec![f32::NAN; 4 * width];
@@ -660,8 +666,8 @@ mod tests {
                     &weights,
                     bias,
                     Activation::Leaky(0.1),
-                    // SAFETY: as above; a NaN left unwritten fails the comparison below.
-                    (unsafe { crate::cpu_conv::as_room(&mut got) }, width, width),
+                    // A NaN left unwritten fails the comparison below.
+                    (&mut rows(&mut got, width), width),
                 );
                 for (g, w) in got.iter().zip(&want) {
                     assert!(
