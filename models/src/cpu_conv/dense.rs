@@ -42,6 +42,8 @@ pub struct DenseConv {
     /// never pack one, and every conv stays small enough to hold inline.
     #[cfg(target_arch = "x86_64")]
     panels: std::sync::OnceLock<Option<Box<panel_gemm::Panels>>>,
+    /// The filter as the direct kernel takes it, on the first direct run (after any folding).
+    direct_filters: std::sync::OnceLock<Vec<DirectFilter>>,
 }
 
 impl DenseConv {
@@ -62,6 +64,7 @@ impl DenseConv {
             precision: Precision::configured(),
             #[cfg(target_arch = "x86_64")]
             panels: std::sync::OnceLock::new(),
+            direct_filters: std::sync::OnceLock::new(),
         }
     }
 
@@ -71,12 +74,13 @@ impl DenseConv {
         self.precision = precision;
     }
 
-    /// The packed filter, bias and activation.
+    /// The packed filter, bias and activation (dropping what was packed from them).
     pub fn packed_mut(&mut self) -> &mut Packed {
         #[cfg(target_arch = "x86_64")]
         {
             self.panels = std::sync::OnceLock::new();
         }
+        self.direct_filters = std::sync::OnceLock::new();
         &mut self.packed
     }
 
@@ -87,26 +91,31 @@ impl DenseConv {
     }
 
     /// The filter as the direct kernel takes it, block by block of [`DIRECT_CHANNELS`]
-    /// output channels.
-    fn direct_filters(&self) -> Vec<DirectFilter> {
-        let taps = self.cin * self.packed.kernel * self.packed.kernel;
-        let weight = |c: usize, t: usize| self.packed.weight[c * taps + t];
-        (0..self.cout)
-            .step_by(DIRECT_CHANNELS)
-            .map(|c0| {
-                if c0 + DIRECT_CHANNELS <= self.cout {
-                    let weights = (0..taps)
-                        .map(|t| std::array::from_fn(|c| weight(c0 + c, t)))
-                        .collect();
-                    DirectFilter::Block(weights, std::array::from_fn(|c| self.packed.bias[c0 + c]))
-                } else {
-                    let singles = (c0..self.cout)
-                        .map(|c| single_channel(&self.packed.weight[c * taps..(c + 1) * taps]))
-                        .collect();
-                    DirectFilter::Singles(singles, self.packed.bias[c0..].to_vec())
-                }
-            })
-            .collect()
+    /// output channels (built once).
+    fn direct_filters(&self) -> &[DirectFilter] {
+        self.direct_filters.get_or_init(|| {
+            let taps = self.cin * self.packed.kernel * self.packed.kernel;
+            let weight = |c: usize, t: usize| self.packed.weight[c * taps + t];
+            (0..self.cout)
+                .step_by(DIRECT_CHANNELS)
+                .map(|c0| {
+                    if c0 + DIRECT_CHANNELS <= self.cout {
+                        let weights = (0..taps)
+                            .map(|t| std::array::from_fn(|c| weight(c0 + c, t)))
+                            .collect();
+                        DirectFilter::Block(
+                            weights,
+                            std::array::from_fn(|c| self.packed.bias[c0 + c]),
+                        )
+                    } else {
+                        let singles = (c0..self.cout)
+                            .map(|c| single_channel(&self.packed.weight[c * taps..(c + 1) * taps]))
+                            .collect();
+                        DirectFilter::Singles(singles, self.packed.bias[c0..].to_vec())
+                    }
+                })
+                .collect()
+        })
     }
 
     /// One image on gemm: `dst = act(W · im2col(x) + bias [+ residual])`.
@@ -298,7 +307,7 @@ impl DenseConv {
             }
         };
         let units = bands.div_ceil(DIRECT_BAND);
-        let most = (0..units).map(|u| conv_rows(u).1 - conv_rows(u).0).max();
+        let most = (0..units).map(conv_rows).map(|(y0, y1)| y1 - y0).max();
         let scratch = || {
             let padded = PaddedPlanes::for_output_rows(self.cin, most.unwrap_or(1), w, geo);
             // Pooled, each conv row goes through a buffer; otherwise straight to `dst`.
@@ -360,6 +369,7 @@ impl DenseConv {
 }
 
 /// One block of output channels for the direct kernel.
+#[derive(Debug, Clone)]
 enum DirectFilter {
     /// [`DIRECT_CHANNELS`] channels: per tap, their weights; their biases.
     Block(Vec<[f32; DIRECT_CHANNELS]>, [f32; DIRECT_CHANNELS]),
