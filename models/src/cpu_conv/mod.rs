@@ -5,7 +5,7 @@
 //!   matrix product per image. With AVX-512 and at least [`panel_gemm::min_columns`] output
 //!   columns that is the [`panel_gemm`] kernel, which seeds its registers with the bias (and
 //!   residual) and applies the activation before its one store, its products in the layer's
-//!   [`Precision`] (bf16 by default where the CPU has AVX512-BF16); otherwise `gemm` (f32)
+//!   [`Precision`] (16-bit by default where the CPU has AVX512-FP16 or AVX512-BF16); otherwise `gemm` (f32)
 //!   into an output pre-filled with the bias (and the residual branch, when there is one), the
 //!   activation running over each image's output while it is still in cache. Filters with
 //!   few taps (the 3-channel first layers) run on the direct [`stencil`] kernel instead, where
@@ -25,6 +25,8 @@
 mod amx;
 mod dense;
 mod depthwise;
+#[cfg(target_arch = "x86_64")]
+mod fp16;
 #[cfg(target_arch = "x86_64")]
 mod panel_gemm;
 mod pool;
@@ -85,19 +87,20 @@ impl Activation {
 pub enum Precision {
     /// f32 products.
     F32,
-    /// bfloat16 products (8 significant bits) where the CPU has AVX512-BF16 and the product
-    /// runs on [`panel_gemm`]; f32 elsewhere.
-    Bf16,
+    /// 16-bit products where the product runs on [`panel_gemm`]: IEEE half precision (11
+    /// significant bits) where the CPU has AVX512-FP16 and no AMX, bfloat16 (8 significant
+    /// bits) where it has AMX or AVX512-BF16; f32 elsewhere.
+    Half,
 }
 
 impl Precision {
-    /// [`Precision::Bf16`] unless `ROLLCALL_CPU_BF16` is `0` (read once): what layers are
+    /// [`Precision::Half`] unless `ROLLCALL_CPU_BF16` is `0` (read once): what layers are
     /// built with unless told otherwise.
     pub fn configured() -> Self {
         static CONFIGURED: std::sync::OnceLock<Precision> = std::sync::OnceLock::new();
         *CONFIGURED.get_or_init(|| match std::env::var("ROLLCALL_CPU_BF16") {
             Ok(v) if v.trim() == "0" => Self::F32,
-            _ => Self::Bf16,
+            _ => Self::Half,
         })
     }
 }

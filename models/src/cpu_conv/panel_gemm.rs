@@ -10,7 +10,7 @@
 //! multiplies into it with its AVX2 kernel (16 registers) and passes over it again for the
 //! activation.
 //!
-//! In [`Precision::Bf16`], on CPUs with AVX512-BF16 (AMD Zen 4 on, Intel Cooper Lake and
+//! In [`Precision::Half`], on CPUs with AVX512-BF16 (AMD Zen 4 on, Intel Cooper Lake and
 //! Sapphire Rapids on): the filter rounded to bfloat16 once, the columns as
 //! they are packed, each packed row holding two inner steps as pairs, and one `vdpbf16ps`
 //! adding two products per lane to the f32 sums: twice the multiply-adds of an f32 FMA per
@@ -20,14 +20,17 @@
 //!
 //! Where the CPU also has AMX (Intel Sapphire Rapids on), bf16 panels are [`amx`] tiles of 16
 //! output channels, the same packed columns feeding its tile products over the whole depth,
-//! and the sums go through the same epilogue as the register kernel's.
+//! and the sums go through the same epilogue as the register kernel's. Where it has
+//! AVX512-FP16 but no AMX (Sapphire Rapids under a hypervisor that keeps the tiles to itself),
+//! the pairs are IEEE half precision and the [`fp16`] kernel multiplies them: Intel runs
+//! `vdpbf16ps` at half the rate of its FMAs, `vfmadd231ph` at their rate with twice the lanes.
 
 use std::arch::x86_64::*;
 
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::{amx, Activation, Precision, SharedOut};
+use super::{amx, fp16, Activation, Precision, SharedOut};
 
 /// Fewest output columns worth this kernel, 8 full tiles (the caller keeps `gemm` below).
 /// Measured with `kernels` on an AVX-512 AMD EPYC, alternated against `gemm`: 1×1 64 → 128 at
@@ -37,9 +40,12 @@ use super::{amx, Activation, Precision, SharedOut};
 /// tile) 101 and 62 against 149 and 152. Fused separable blocks run bands this wide on it.
 pub const MIN_COLUMNS: usize = 384;
 
-/// Fewest output columns worth the kernel in [`Precision::Bf16`], whose products run twice as
+/// Fewest output columns worth the kernel in [`Precision::Half`], whose products run twice as
 /// fast: two tiles, a third of their lanes idle at the least.
 const MIN_COLUMNS_BF16: usize = 64;
+
+/// Fewest output columns worth the [`fp16`] kernel, as for bf16.
+const MIN_COLUMNS_FP16: usize = 64;
 
 /// Fewest output columns worth the kernel on [`amx`] tiles: one 16-column accumulator tile's
 /// worth, the other two idle. Measured with `kernels` on a 2-vCPU Xeon with AMX: the ResNet's
@@ -52,6 +58,7 @@ pub fn min_columns(precision: Precision) -> usize {
     match Kernel::for_precision(precision) {
         Kernel::F32 => MIN_COLUMNS,
         Kernel::Bf16 => MIN_COLUMNS_BF16,
+        Kernel::Fp16 => MIN_COLUMNS_FP16,
         Kernel::Amx => MIN_COLUMNS_AMX,
     }
 }
@@ -63,6 +70,8 @@ enum Kernel {
     F32,
     /// The register kernel, `vdpbf16ps`.
     Bf16,
+    /// The [`fp16`] kernel, `vfmadd231ph`.
+    Fp16,
     /// [`amx`] tiles.
     Amx,
 }
@@ -71,8 +80,9 @@ impl Kernel {
     /// The fastest kernel this CPU has for `precision`.
     fn for_precision(precision: Precision) -> Self {
         match precision {
-            Precision::Bf16 if bf16_available() && amx::available() => Self::Amx,
-            Precision::Bf16 if bf16_available() => Self::Bf16,
+            Precision::Half if bf16_available() && amx::available() => Self::Amx,
+            Precision::Half if available() && fp16::available() => Self::Fp16,
+            Precision::Half if bf16_available() => Self::Bf16,
             _ => Self::F32,
         }
     }
@@ -83,6 +93,7 @@ impl Kernel {
         [
             (Self::F32, available()),
             (Self::Bf16, bf16_available()),
+            (Self::Fp16, available() && fp16::available()),
             (Self::Amx, bf16_available() && amx::available()),
         ]
         .into_iter()
@@ -94,14 +105,14 @@ impl Kernel {
     fn precision(self) -> Precision {
         match self {
             Self::F32 => Precision::F32,
-            Self::Bf16 | Self::Amx => Precision::Bf16,
+            Self::Bf16 | Self::Fp16 | Self::Amx => Precision::Half,
         }
     }
 
     /// Output channels per filter panel.
     fn panel_rows(self) -> usize {
         match self {
-            Self::F32 | Self::Bf16 => ROWS,
+            Self::F32 | Self::Bf16 | Self::Fp16 => ROWS,
             Self::Amx => amx::ROWS,
         }
     }
@@ -110,14 +121,14 @@ impl Kernel {
     fn steps(self) -> usize {
         match self {
             Self::F32 => 1,
-            Self::Bf16 | Self::Amx => 2,
+            Self::Bf16 | Self::Fp16 | Self::Amx => 2,
         }
     }
 
     /// Packed rows for an inner dimension of `depth`: whole filter tiles for [`Self::Amx`].
     fn rows(self, depth: usize) -> usize {
         match self {
-            Self::F32 | Self::Bf16 => depth.div_ceil(self.steps()),
+            Self::F32 | Self::Bf16 | Self::Fp16 => depth.div_ceil(self.steps()),
             Self::Amx => depth.div_ceil(amx::DEPTH) * amx::DEPTH / 2,
         }
     }
@@ -132,7 +143,12 @@ const VECTORS: usize = 3;
 /// Output columns per tile.
 const COLUMNS: usize = 16 * VECTORS;
 
-const _: () = assert!(COLUMNS == amx::COLUMNS && 2 * ROWS == amx::ROWS);
+const _: () = assert!(
+    COLUMNS == amx::COLUMNS
+        && 2 * ROWS == amx::ROWS
+        && COLUMNS == fp16::COLUMNS
+        && ROWS == fp16::ROWS
+);
 
 /// Most packed rows at once: a `MAX_DEPTH × COLUMNS` tile of 32-bit samples is 72 KiB,
 /// inside L2.
@@ -143,7 +159,7 @@ pub fn available() -> bool {
     std::arch::is_x86_feature_detected!("avx512f")
 }
 
-/// Whether this CPU runs [`Precision::Bf16`] (AVX512-BF16 and AVX512-BW).
+/// Whether this CPU runs [`Precision::Half`] (AVX512-BF16 and AVX512-BW).
 fn bf16_available() -> bool {
     available()
         && std::arch::is_x86_feature_detected!("avx512bf16")
@@ -153,8 +169,8 @@ fn bf16_available() -> bool {
 /// A filter packed for [`Panels::run`], with its bias padded to whole panels.
 #[derive(Debug, Clone)]
 pub struct Panels {
-    /// `[panel][packed row][ROWS]`: f32 bits, or two bf16 (the even inner step in the low
-    /// half), as `kernel` says; [`amx::pack_weights`]'s tiles for [`Kernel::Amx`].
+    /// `[panel][packed row][ROWS]`: f32 bits, or two bf16 or fp16 (the even inner step in the
+    /// low half), as `kernel` says; [`amx::pack_weights`]'s tiles for [`Kernel::Amx`].
     weights: Vec<u32>,
     /// One per packed row.
     bias: Vec<f32>,
@@ -199,16 +215,21 @@ impl Panels {
         let panels = m.div_ceil(panel_rows);
         let weights = match kernel {
             Kernel::Amx => amx::pack_weights(m, depth, |c, k| to_bf16(weight[c * depth + k])),
-            Kernel::F32 | Kernel::Bf16 => {
+            Kernel::F32 | Kernel::Bf16 | Kernel::Fp16 => {
                 let mut weights = vec![0u32; panels * rows * ROWS];
                 for (c, row) in weight.chunks_exact(depth).enumerate() {
                     let panel = &mut weights[(c / ROWS) * rows * ROWS..][..rows * ROWS];
                     for (k, &w) in row.iter().enumerate() {
                         let at = &mut panel[(k / kernel.steps()) * ROWS + c % ROWS];
-                        match kernel {
-                            Kernel::F32 => *at = w.to_bits(),
-                            _ => *at |= u32::from(to_bf16(w)) << (16 * (k % 2)),
-                        }
+                        let half = match kernel {
+                            Kernel::F32 => {
+                                *at = w.to_bits();
+                                continue;
+                            }
+                            Kernel::Fp16 => fp16::to_fp16(w),
+                            _ => to_bf16(w),
+                        };
+                        *at |= u32::from(half) << (16 * (k % 2));
                     }
                 }
                 weights
@@ -323,18 +344,42 @@ impl Panels {
             rows: self.m.saturating_sub(row0).min(ROWS),
             masks,
         };
-        if self.kernel == Kernel::Amx {
+        if matches!(self.kernel, Kernel::Amx | Kernel::Fp16) {
+            // The whole depth packed at once, each panel's sums computed over it into
+            // `sums`, then stored through the register kernel's epilogue.
             buf.resize(self.rows * COLUMNS, 0);
-            // SAFETY: as below.
-            unsafe { matrix.pack_bf16(0..self.rows, buf) };
-            // SAFETY: `Amx` panels exist only where `amx::available()`.
-            let tiles = unsafe { amx::Tiles::configure() };
+            // SAFETY: as below; `Amx` and `Fp16` panels exist only where their kernels run.
+            unsafe {
+                match self.kernel {
+                    Kernel::Amx => matrix.pack_bf16(0..self.rows, buf),
+                    _ => matrix.pack_fp16(0..self.rows, buf),
+                }
+            };
+            let tiles = (self.kernel == Kernel::Amx).then(|| {
+                // SAFETY: as above.
+                unsafe { amx::Tiles::configure() }
+            });
+            let panel_rows = self.kernel.panel_rows();
             let mut sums = [0f32; amx::ROWS * COLUMNS];
-            let words = self.weights.len() / self.m.div_ceil(amx::ROWS);
+            let words = self.weights.len() / self.m.div_ceil(panel_rows);
             for p in panels {
-                tiles.block(&self.weights[p * words..][..words], buf, &mut sums);
-                for (half, sums) in sums.chunks_exact(ROWS * COLUMNS).enumerate() {
-                    let row0 = p * amx::ROWS + half * ROWS;
+                let weights = &self.weights[p * words..][..words];
+                match &tiles {
+                    Some(tiles) => tiles.block(weights, buf, &mut sums),
+                    // SAFETY: as above.
+                    None => unsafe {
+                        fp16::block(
+                            weights,
+                            buf,
+                            (&mut sums[..ROWS * COLUMNS]).try_into().unwrap(),
+                        )
+                    },
+                }
+                for (half, sums) in sums[..panel_rows * COLUMNS]
+                    .chunks_exact(ROWS * COLUMNS)
+                    .enumerate()
+                {
+                    let row0 = p * panel_rows + half * ROWS;
                     if row0 < self.m {
                         // SAFETY: the tile's rows and masked columns lie inside `dst`.
                         unsafe {
@@ -362,7 +407,7 @@ impl Panels {
             unsafe {
                 match self.kernel.precision() {
                     Precision::F32 => matrix.pack_f32(r0..r1, packed),
-                    Precision::Bf16 => matrix.pack_bf16(r0..r1, packed),
+                    Precision::Half => matrix.pack_bf16(r0..r1, packed),
                 }
             };
             for p in panels.clone() {
@@ -422,20 +467,43 @@ impl Columns<'_> {
     /// As for [`Self::pack_f32`], on a CPU with AVX512-BF16 and AVX512-BW.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     unsafe fn pack_bf16(&self, rows: std::ops::Range<usize>, packed: &mut [u32]) {
+        // SAFETY: see the function's contract.
+        unsafe { self.pack_pairs::<Bf16Halves>(rows, packed) }
+    }
+
+    /// [`Self::pack_bf16`] in IEEE half precision, for the [`fp16`] kernel.
+    ///
+    /// # Safety
+    /// As for [`Self::pack_f32`], on a CPU with AVX512-BW.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn pack_fp16(&self, rows: std::ops::Range<usize>, packed: &mut [u32]) {
+        // SAFETY: see the function's contract.
+        unsafe { self.pack_pairs::<Fp16Halves>(rows, packed) }
+    }
+
+    /// The body of [`Self::pack_bf16`] and [`Self::pack_fp16`], inlined into each so that
+    /// it is compiled with its target features.
+    ///
+    /// # Safety
+    /// As for [`Self::pack_f32`], on a CPU with AVX512-BW and `H`'s instructions.
+    #[inline(always)]
+    unsafe fn pack_pairs<H: Halves>(&self, rows: std::ops::Range<usize>, packed: &mut [u32]) {
         // The conversion puts the even step's 16 columns in the low 16 lanes and the odd
         // step's in the high ones; lane 2j then takes column j of the even step, 2j + 1 of
         // the odd one.
-        let interleave = _mm512_set_epi16(
-            31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20,
-            4, 19, 3, 18, 2, 17, 1, 16, 0,
-        );
+        // SAFETY: AVX-512F (the caller's contract).
+        let interleave = unsafe {
+            _mm512_set_epi16(
+                31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5,
+                20, 4, 19, 3, 18, 2, 17, 1, 16, 0,
+            )
+        };
         for (r, dst) in rows.zip(packed.chunks_exact_mut(COLUMNS)) {
             for (v, &mask) in self.masks.iter().enumerate() {
                 // SAFETY: `dst` holds `COLUMNS` samples; see the function's contract.
                 unsafe {
                     let (even, odd) = (self.load(2 * r, v, mask), self.load(2 * r + 1, v, mask));
-                    let pairs: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(odd, even));
-                    let lanes = _mm512_permutexvar_epi16(interleave, pairs);
+                    let lanes = _mm512_permutexvar_epi16(interleave, H::halves(even, odd));
                     _mm512_storeu_si512(dst[16 * v..].as_mut_ptr().cast(), lanes);
                 }
             }
@@ -461,6 +529,37 @@ impl Columns<'_> {
         } else {
             _mm512_setzero_ps()
         }
+    }
+}
+
+/// Two steps' 16 columns rounded to a 16-bit format, the even step in the low 16 lanes.
+trait Halves {
+    /// `even` in the low 16 lanes, `odd` in the high ones.
+    ///
+    /// # Safety
+    /// The CPU must have the implementation's instructions.
+    unsafe fn halves(even: __m512, odd: __m512) -> __m512i;
+}
+
+/// bfloat16 (`vcvtne2ps2bf16`).
+struct Bf16Halves;
+
+impl Halves for Bf16Halves {
+    #[inline(always)]
+    unsafe fn halves(even: __m512, odd: __m512) -> __m512i {
+        // SAFETY: AVX512-BF16 (the caller's contract); both are 512 bits.
+        unsafe { std::mem::transmute(_mm512_cvtne2ps_pbh(odd, even)) }
+    }
+}
+
+/// IEEE half precision.
+struct Fp16Halves;
+
+impl Halves for Fp16Halves {
+    #[inline(always)]
+    unsafe fn halves(even: __m512, odd: __m512) -> __m512i {
+        // SAFETY: AVX-512F (the caller's contract).
+        unsafe { fp16::halves(even, odd) }
     }
 }
 
@@ -581,7 +680,7 @@ impl RowProduct for F32Row {
     }
 }
 
-/// [`Precision::Bf16`]: two bf16 products per lane (`vdpbf16ps`), the even inner step in the
+/// [`Precision::Half`]: two bf16 products per lane (`vdpbf16ps`), the even inner step in the
 /// low half of each 32-bit lane.
 struct Bf16Row;
 
@@ -708,8 +807,40 @@ mod tests {
         assert_eq!(rounded(-0.1), -205.0 / 2048.0);
     }
 
+    /// `x` rounded to the nearest fp16 (ties to even) and back, in one rounding (`half`
+    /// goes through f32 on CPUs with F16C, rounding twice). Finite results only.
+    fn rounded_fp16(x: f64) -> f64 {
+        let exponent = (((x.to_bits() >> 52) & 0x7ff) as i32 - 1023).max(-14);
+        let ulp = f64::from(exponent - 10).exp2();
+        (x / ulp).round_ties_even() * ulp
+    }
+
+    /// What the [`fp16`] kernel computes for one output, without bias: per block of
+    /// [`fp16::SPAN`] packed rows, the even and the odd steps' products each summed in half
+    /// precision (every multiply-add rounded once), the two added in half precision and the
+    /// block's sum added to the f32 total.
+    fn fp16_product(weights: &[f32], cols: impl Fn(usize) -> f32) -> f32 {
+        let depth = weights.len();
+        let mut total = 0f32;
+        for block in (0..depth.div_ceil(2)).step_by(fp16::SPAN) {
+            let mut steps = [0f64; 2];
+            for r in block..(block + fp16::SPAN).min(depth.div_ceil(2)) {
+                for (parity, sum) in steps.iter_mut().enumerate() {
+                    let k = 2 * r + parity;
+                    if k < depth {
+                        let w = rounded_fp16(f64::from(weights[k]));
+                        *sum = rounded_fp16(*sum + w * rounded_fp16(f64::from(cols(k))));
+                    }
+                }
+            }
+            total += rounded_fp16(steps[0] + steps[1]) as f32;
+        }
+        total
+    }
+
     /// Each kernel this CPU runs against the product in f64 of the inputs it sees (rounded to
-    /// bf16 for [`Precision::Bf16`]), so a wrong pairing or layout fails at any tolerance bf16 allows.
+    /// bf16 for the bf16 kernels; for [`Kernel::Fp16`] its half-precision sums, emulated), so
+    /// a wrong pairing or layout fails at any tolerance the formats allow.
     #[test]
     fn equals_the_plain_product_on_odd_shapes() {
         if !available() {
@@ -733,7 +864,7 @@ mod tests {
             let precision = kernel.precision();
             let seen = |x: f32| match precision {
                 Precision::F32 => x,
-                Precision::Bf16 => rounded(x),
+                Precision::Half => rounded(x),
             };
             for (i, &(m, depth, n, stride, with_residual, activation, threads)) in
                 cases.iter().enumerate()
@@ -767,17 +898,20 @@ mod tests {
                             assert_eq!(got, sentinel, "case {i}: wrote past row {c}'s columns");
                             continue;
                         }
-                        let mut want = (0..depth)
-                            .map(|k| {
-                                f64::from(seen(weight[c * depth + k]))
-                                    * f64::from(seen(cols[k * n + j]))
-                            })
-                            .sum::<f64>() as f32
-                            + bias[c];
+                        let weights = &weight[c * depth..][..depth];
+                        let product = match kernel {
+                            Kernel::Fp16 => fp16_product(weights, |k| cols[k * n + j]),
+                            _ => (0..depth)
+                                .map(|k| {
+                                    f64::from(seen(weights[k])) * f64::from(seen(cols[k * n + j]))
+                                })
+                                .sum::<f64>() as f32,
+                        };
+                        let mut want = bias[c];
                         if let Some(r) = &residual {
                             want += r[c * stride + j];
                         }
-                        let mut want = [want];
+                        let mut want = [want + product];
                         activation.apply(&mut want);
                         assert!(
                             (got - want[0]).abs() <= 1e-4 * (1.0 + want[0].abs()),

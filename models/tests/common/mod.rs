@@ -46,7 +46,7 @@ pub fn face_api_weights(model: &str) -> WeightMap {
 pub fn precisions(f32_tolerance: f32, bf16_tolerance: f32) -> [(Precision, f32); 2] {
     [
         (Precision::F32, f32_tolerance),
-        (Precision::Bf16, bf16_tolerance),
+        (Precision::Half, bf16_tolerance),
     ]
 }
 
