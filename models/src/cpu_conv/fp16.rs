@@ -63,7 +63,7 @@ pub unsafe fn halves(even: __m512, odd: __m512) -> __m512i {
 
 /// `out = W · cols` for one filter panel and one column block: `weights` [`ROWS`] pairs and
 /// `cols` [`COLUMNS`] pairs per packed row (as many rows each), `out` [`ROWS`] rows of
-/// [`COLUMNS`] f32 sums.
+/// [`COLUMNS`] f32 sums, overwritten; at least one packed row.
 ///
 /// # Safety
 /// [`available`] must have returned `true`.
@@ -71,11 +71,10 @@ pub unsafe fn halves(even: __m512, odd: __m512) -> __m512i {
 pub unsafe fn block(weights: &[u32], cols: &[u32], out: &mut [f32; ROWS * COLUMNS]) {
     let (weights, _) = weights.as_chunks::<ROWS>();
     let (cols, _) = cols.as_chunks::<COLUMNS>();
-    assert_eq!(weights.len(), cols.len());
-    out.fill(0.0);
+    assert!(!cols.is_empty() && weights.len() == cols.len());
     // As in the register kernel: loops over constant bounds only, so the partial sums stay in
     // registers.
-    for (weights, cols) in weights.chunks(SPAN).zip(cols.chunks(SPAN)) {
+    for (span, (weights, cols)) in weights.chunks(SPAN).zip(cols.chunks(SPAN)).enumerate() {
         let mut acc = [[_mm512_setzero_ph(); VECTORS]; ROWS];
         for (w, p) in weights.iter().zip(cols) {
             let mut c = [_mm512_setzero_ph(); VECTORS];
@@ -100,8 +99,16 @@ pub unsafe fn block(weights: &[u32], cols: &[u32], out: &mut [f32; ROWS * COLUMN
                 let pair = _mm512_castph_si512(_mm512_add_ph(a, odd));
                 let sums = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(pair));
                 let at = row[16 * v..].as_mut_ptr();
-                // SAFETY: `row` holds `COLUMNS` = 16 · `VECTORS` sums.
-                unsafe { _mm512_storeu_ps(at, _mm512_add_ps(_mm512_loadu_ps(at), sums)) };
+                // SAFETY: `row` holds `COLUMNS` = 16 · `VECTORS` sums; the first span stores
+                // them, the later ones add to them.
+                unsafe {
+                    let sums = if span == 0 {
+                        sums
+                    } else {
+                        _mm512_add_ps(_mm512_loadu_ps(at), sums)
+                    };
+                    _mm512_storeu_ps(at, sums)
+                };
             }
         }
     }

@@ -5,7 +5,8 @@
 //!   matrix product per image. With AVX-512 and at least [`panel_gemm::min_columns`] output
 //!   columns that is the [`panel_gemm`] kernel, which seeds its registers with the bias (and
 //!   residual) and applies the activation before its one store, its products in the layer's
-//!   [`Precision`] (16-bit by default where the CPU has AVX512-FP16 or AVX512-BF16); otherwise `gemm` (f32)
+//!   [`Precision`] (16-bit by default where the CPU has AVX512-FP16 or AVX512-BF16);
+//!   otherwise `gemm` (f32)
 //!   into an output pre-filled with the bias (and the residual branch, when there is one), the
 //!   activation running over each image's output while it is still in cache. Filters with
 //!   few taps (the 3-channel first layers) run on the direct [`stencil`] kernel instead, where
