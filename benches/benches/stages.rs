@@ -1,10 +1,11 @@
 //! Per-stage speed of the face pipeline on real photos: detection (SSD, Tiny) on 640×480
 //! frames, landmarks and embedding per face at batch 1, 8 and 32, and the whole pipeline.
-//! `cargo bench -p rollcall-benches --bench stages`
+//! `cargo bench -p rollcall-benches --bench stages`; on a GPU (a build with `--features cuda`,
+//! `ROLLCALL_DEVICE=cuda`) also the larger batches a GPU is fed.
 
 use candle_core::Device;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use rollcall_benches::{frame, model_dir};
+use rollcall_benches::{bench_device, frame, model_dir};
 use rollcall_models::align::dlib_chip;
 use rollcall_models::landmarks::FaceLandmark68Net;
 use rollcall_models::pipeline::{FacePipeline, PipelineConfig};
@@ -14,14 +15,17 @@ use rollcall_models::ssd_mobilenet::SsdMobilenetV1;
 use rollcall_models::tfjs::WeightMap;
 use rollcall_models::tiny_face_detector::TinyFaceDetector;
 
-fn weights(model: &str) -> WeightMap {
-    WeightMap::load(&model_dir().join("model"), model, &Device::Cpu)
+fn weights(model: &str, device: &Device) -> WeightMap {
+    WeightMap::load(&model_dir().join("model"), model, device)
         .expect("weights; run scripts/fetch-assets.sh")
 }
 
 fn stages(c: &mut Criterion) {
     // As `rollcall` runs (unless GLIBC_TUNABLES is set).
     rollcall_server::allocator::keep_freed_memory();
+    let device = bench_device();
+    let gpu = !device.is_cpu();
+    let weights = |model| weights(model, &device);
     let frames: Vec<FloatImage> = (1..=6).map(|i| FloatImage::from_rgb(&frame(i))).collect();
     let ssd = SsdMobilenetV1::load(&weights(SsdMobilenetV1::MODEL)).unwrap();
     let tiny = TinyFaceDetector::load(&weights(TinyFaceDetector::MODEL)).unwrap();
@@ -46,7 +50,8 @@ fn stages(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("detect_640x480");
     g.sample_size(10);
-    for batch in [1usize, 8] {
+    let detect_batches: &[usize] = if gpu { &[1, 8, 32] } else { &[1, 8] };
+    for &batch in detect_batches {
         let input: Vec<&FloatImage> = (0..batch).map(|i| &frames[i % frames.len()]).collect();
         g.throughput(Throughput::Elements(batch as u64));
         g.bench_with_input(BenchmarkId::new("ssd", batch), &input, |b, x| {
@@ -60,7 +65,12 @@ fn stages(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("per_face");
     g.sample_size(10);
-    for batch in [1usize, 8, 32] {
+    let face_batches: &[usize] = if gpu {
+        &[1, 8, 32, 64, 256]
+    } else {
+        &[1, 8, 32]
+    };
+    for &batch in face_batches {
         let idx = cycle(batch);
         g.throughput(Throughput::Elements(batch as u64));
         let boxes: Vec<(&FloatImage, _)> = idx.iter().map(|&i| faces[i]).collect();
@@ -85,13 +95,13 @@ fn stages(c: &mut Criterion) {
     }
     g.finish();
 
-    let pipeline =
-        FacePipeline::load(&model_dir(), &Device::Cpu, PipelineConfig::default()).unwrap();
+    let pipeline = FacePipeline::load(&model_dir(), &device, PipelineConfig::default()).unwrap();
     let rgb: Vec<_> = (1..=6).map(frame).collect();
     let mut g = c.benchmark_group("pipeline_640x480");
     g.sample_size(10);
-    for batch in [1usize, 4] {
-        let input = rgb[..batch].to_vec();
+    let frame_batches: &[usize] = if gpu { &[1, 4, 32] } else { &[1, 4] };
+    for &batch in frame_batches {
+        let input: Vec<_> = (0..batch).map(|i| rgb[i % rgb.len()].clone()).collect();
         g.throughput(Throughput::Elements(batch as u64));
         g.bench_with_input(BenchmarkId::new("ssd", batch), &input, |b, x| {
             b.iter(|| pipeline.process(x).unwrap())

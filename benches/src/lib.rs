@@ -5,9 +5,21 @@ use std::path::PathBuf;
 
 use image::imageops::FilterType;
 use image::RgbImage;
+use rollcall_models::device::DeviceChoice;
 use rollcall_models::image_io::{decode_rgb, DEFAULT_MAX_PIXELS};
 
 pub use rollcall_models::fetched::{assets, model_dir};
+
+/// The device the model benches run on: `ROLLCALL_DEVICE` (`cpu` when unset; `cuda` needs a
+/// build with `--features cuda`).
+pub fn bench_device() -> candle_core::Device {
+    let choice: DeviceChoice = std::env::var("ROLLCALL_DEVICE")
+        .map_or(Ok(DeviceChoice::Cpu), |v| v.parse())
+        .unwrap_or_else(|e| panic!("ROLLCALL_DEVICE: {e}"));
+    choice
+        .open()
+        .unwrap_or_else(|e| panic!("ROLLCALL_DEVICE={choice}: {e}"))
+}
 
 /// A decoded photo.
 pub fn load(path: PathBuf) -> RgbImage {

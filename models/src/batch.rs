@@ -47,13 +47,13 @@ pub(crate) enum CpuBatch {
 /// pool (so that a caller outside the pool hands over once, not once per parallel layer:
 /// measured at batch 1, landmarks 2.5 → 2.1 ms, TinyFaceDetector 7.4 → 6.4 ms, the embedding
 /// 11.0 → 10.0 ms), image by image when `mode` says so, the outputs stacked in order; on
-/// other devices the whole batch goes at once.
+/// other devices (and without the CPU kernels) the whole batch goes at once.
 pub(crate) fn run<T: Stack>(
     x: &Tensor,
     mode: CpuBatch,
     forward: impl Fn(&Tensor) -> Result<T> + Sync,
 ) -> Result<T> {
-    if !x.device().is_cpu() {
+    if !crate::cpu_conv::runs_on(x.device()) {
         return forward(x);
     }
     let n = x.dim(0)?;

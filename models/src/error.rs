@@ -75,6 +75,14 @@ pub enum ModelError {
     /// the image, input size not a multiple of 32, ...).
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    /// The requested device cannot be opened.
+    #[error("device {device}: {message}")]
+    Device {
+        /// The device as requested (`cuda:0`, ...).
+        device: String,
+        /// Why it cannot be used.
+        message: String,
+    },
     /// An error raised inside Candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

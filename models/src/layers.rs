@@ -6,10 +6,10 @@
 
 use candle_core::{DType, Module, Tensor};
 
-pub use crate::cpu_conv::{Activation, Precision};
 use crate::cpu_conv::{
-    DenseConv, DepthwiseConv, MaxPool, Op, Packed, PaddingFn, PooledConv, Separable,
+    self, DenseConv, DepthwiseConv, MaxPool, Op, Packed, PaddingFn, PooledConv, Separable,
 };
+pub use crate::cpu_conv::{Activation, Precision};
 use crate::error::{ModelError, Result};
 use crate::tfjs::WeightMap;
 
@@ -59,7 +59,8 @@ fn padding_of(padding: Padding) -> PaddingFn {
 }
 
 /// How a convolution runs: the CPU kernels of [`crate::cpu_conv`] with weights packed at
-/// load time, or Candle tensor ops on any other device.
+/// load time, or Candle tensor ops on any other device (and on the CPU without its kernels,
+/// [`cpu_conv::runs_on`]).
 #[derive(Debug, Clone)]
 enum ConvImpl {
     Dense(DenseConv),
@@ -122,7 +123,7 @@ impl Conv {
         padding: Padding,
     ) -> Result<Self> {
         let (cout, cin_per_group, k, _) = weight.dims4()?;
-        let imp = if !weight.device().is_cpu() || (groups > 1 && cin_per_group != 1) {
+        let imp = if !cpu_conv::runs_on(weight.device()) || (groups > 1 && cin_per_group != 1) {
             ConvImpl::Portable {
                 weight,
                 bias,
@@ -497,7 +498,7 @@ pub fn add_channel_bias(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
 
 /// TF's `maxPool` with a square window; `same` padding pads with -inf, as TF does.
 pub fn max_pool(x: &Tensor, kernel: usize, stride: usize, padding: Padding) -> Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == DType::F32 {
+    if cpu_conv::runs_on(x.device()) && x.dtype() == DType::F32 {
         let (_, _, h, w) = x.dims4()?;
         let pool = MaxPool::for_input(kernel, stride, padding == Padding::Same, (h, w))
             .ok_or_else(|| {

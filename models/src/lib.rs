@@ -6,6 +6,7 @@ pub mod align;
 mod batch;
 pub mod cpu_conv;
 pub mod detection;
+pub mod device;
 pub mod dlib_weights;
 pub mod error;
 pub mod fetched;

@@ -141,6 +141,7 @@ pub struct FacePipeline {
     landmarks: FaceLandmark68Net,
     recognition: FaceRecognitionNet,
     config: PipelineConfig,
+    device: Device,
 }
 
 enum Detector {
@@ -173,7 +174,13 @@ impl FacePipeline {
             landmarks,
             recognition,
             config,
+            device: device.clone(),
         })
+    }
+
+    /// The device the networks run on.
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
     /// The settings this pipeline runs with.

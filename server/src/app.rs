@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
-use candle_core::Device;
+use rollcall_models::device::{default_max_batch, device_name};
 use rollcall_models::pipeline::{FacePipeline, PipelineConfig};
 
 use crate::auth::{self, Scope};
@@ -78,12 +78,13 @@ pub fn load_pipeline(
     common: &CommonSettings,
     config: PipelineConfig,
 ) -> Result<FacePipeline, StartError> {
-    FacePipeline::load(&common.model_dir, &Device::Cpu, config).map_err(|source| {
-        StartError::Models {
-            dir: common.model_dir.display().to_string(),
-            source,
-        }
-    })
+    let models = |source| StartError::Models {
+        dir: common.model_dir.display().to_string(),
+        source,
+    };
+    let device = common.device.open().map_err(models)?;
+    tracing::info!(requested = %common.device, device = %device_name(&device), "face networks' device");
+    FacePipeline::load(&common.model_dir, &device, config).map_err(models)
 }
 
 /// Connects and migrates the database, makes sure an admin key exists and returns the store.
@@ -164,10 +165,13 @@ pub async fn build_state(
         }
         None => Arc::new(LocalCache::default()),
     };
+    let max_batch = settings
+        .max_batch
+        .unwrap_or_else(|| default_max_batch(pipeline.device()));
     let queue = RecognitionQueue::start(
         pipeline,
         QueueConfig {
-            max_batch: settings.max_batch,
+            max_batch,
             max_wait: settings.max_wait(),
             capacity: settings.queue_capacity,
         },

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
+use rollcall_models::device::DeviceChoice;
 use rollcall_models::pipeline::DetectorKind;
 
 /// Which detector the pipeline runs.
@@ -39,6 +40,11 @@ pub struct CommonSettings {
     /// Folder holding the face-api `model/` folder (filled by scripts/fetch-assets.sh).
     #[arg(long, env = "ROLLCALL_MODEL_DIR", default_value = "assets/face-api")]
     pub model_dir: PathBuf,
+
+    /// Device the networks run on: `cpu`, `cuda` (GPU 0), `cuda:N`, or `auto` (GPU 0 in a
+    /// build with the `cuda` feature on a machine with a GPU, else the CPU).
+    #[arg(long, env = "ROLLCALL_DEVICE", default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
 }
 
 /// Settings of `rollcall serve`.
@@ -69,9 +75,10 @@ pub struct ServeSettings {
     #[arg(long, env = "ROLLCALL_MAX_PIXELS", default_value_t = 40_000_000)]
     pub max_pixels: u64,
 
-    /// Most images the recognition queue runs through the networks at once.
-    #[arg(long, env = "ROLLCALL_MAX_BATCH", default_value_t = 8)]
-    pub max_batch: usize,
+    /// Most images the recognition queue runs through the networks at once (default: 8 on the
+    /// CPU, 64 on a GPU).
+    #[arg(long, env = "ROLLCALL_MAX_BATCH")]
+    pub max_batch: Option<usize>,
 
     /// How long the queue waits to fill a batch, in milliseconds (0: never waits).
     #[arg(long, env = "ROLLCALL_MAX_WAIT_MS", default_value_t = 5)]

@@ -96,7 +96,9 @@ enum AdminCommand {
 #[actix_web::main]
 async fn main() -> anyhow::Result<()> {
     rollcall_server::allocator::keep_freed_memory();
+    // Logs go to stderr: stdout carries what a command prints (`eval --json`, a new key).
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,sqlx=warn".into()),

@@ -426,7 +426,7 @@ async fn deleting_a_user_erases_biometrics(db: Db) {
 async fn a_full_queue_answers_503_with_retry_after() {
     let app = spawn_with(Db::Sqlite, |s| {
         s.queue_capacity = 1;
-        s.max_batch = 1;
+        s.max_batch = Some(1);
         s.max_wait_ms = 0;
     })
     .await;

@@ -71,6 +71,7 @@ async fn first_start_creates_one_admin_key() {
     let common = CommonSettings {
         database_url: format!("sqlite://{}", dir.path().join("first.db").display()),
         model_dir: dir.path().to_owned(),
+        device: rollcall_models::device::DeviceChoice::Cpu,
     };
     let (store, key) = rollcall_server::app::open_store(&common, None)
         .await
@@ -86,4 +87,33 @@ async fn first_start_creates_one_admin_key() {
         .await
         .unwrap();
     assert!(again.is_none(), "the key is created and shown only once");
+}
+
+#[test]
+fn a_device_that_cannot_run_the_networks_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |device: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_rollcall"))
+            .args(["--device", device, "eval"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "--device {device} must fail here");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let unknown = run("tpu");
+    assert!(
+        unknown.contains("`tpu` is not a device: use cpu, cuda, cuda:N or auto"),
+        "{unknown}"
+    );
+    #[cfg(not(feature = "cuda"))]
+    {
+        let cuda = run("cuda:1");
+        assert!(
+            cuda.contains(
+                "device cuda:1: this build has no CUDA support (build with `--features cuda`)"
+            ),
+            "{cuda}"
+        );
+    }
 }

@@ -39,7 +39,7 @@ pub use depthwise::DepthwiseConv;
 pub use pool::MaxPool;
 pub use separable::Separable;
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Device, Layout, Shape};
 use rayon::prelude::*;
 
 /// Pointwise non-linearity applied after the bias (and the residual, if any).
@@ -81,6 +81,17 @@ impl Activation {
             Self::Leaky(slope) => _mm512_max_ps(a, _mm512_mul_ps(a, _mm512_set1_ps(slope))),
         }
     }
+}
+
+/// Whether tensors on `device` run on these kernels: those on the CPU, unless
+/// `ROLLCALL_CPU_KERNELS` is `0` (read once), which runs the networks on the CPU with Candle's
+/// own ops, the graph they run as on a GPU (slower; to rule the kernels out, and to test that
+/// graph on a machine without a GPU).
+pub fn runs_on(device: &Device) -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    device.is_cpu()
+        && *ENABLED
+            .get_or_init(|| std::env::var("ROLLCALL_CPU_KERNELS").map_or(true, |v| v.trim() != "0"))
 }
 
 /// What a dense convolution's products are computed in; the sums are f32 either way.

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use rollcall_models::device::default_max_batch;
 use rollcall_models::image_io::{decode_rgb, DEFAULT_MAX_PIXELS};
 use rollcall_models::pipeline::{similarity, Face, FacePipeline};
 use serde::Serialize;
@@ -27,8 +28,6 @@ pub enum EvalError {
 
 /// Name of the folder of people who are never enrolled.
 pub const UNKNOWN_DIR: &str = "_unknown";
-/// Images run through the pipeline together.
-const BATCH: usize = 8;
 
 /// One probe's outcome.
 #[derive(Debug, Clone, Serialize)]
@@ -107,7 +106,8 @@ pub struct Dataset {
 }
 
 impl Dataset {
-    /// Reads `dir` and runs every image through `pipeline`, `BATCH` images at a time.
+    /// Reads `dir` and runs every image through `pipeline`, as many images at a time as the
+    /// server batches on its device ([`default_max_batch`]).
     pub fn load(pipeline: &FacePipeline, dir: &Path) -> Result<Self, EvalError> {
         let mut people: Vec<(String, Vec<PathBuf>)> = Vec::new();
         let mut strangers: Vec<PathBuf> = Vec::new();
@@ -139,7 +139,7 @@ impl Dataset {
             .collect();
         let started = Instant::now();
         let mut faces: Vec<Vec<Face>> = Vec::with_capacity(all.len());
-        for chunk in all.chunks(BATCH) {
+        for chunk in all.chunks(default_max_batch(pipeline.device())) {
             let mut images = Vec::with_capacity(chunk.len());
             for path in chunk {
                 let bytes = std::fs::read(path).map_err(|e| EvalError::Io((*path).clone(), e))?;

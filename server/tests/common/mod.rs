@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use rand::Rng;
 use reqwest::{Method, RequestBuilder, Response};
+use rollcall_models::device::DeviceChoice;
 use rollcall_server::app;
 use rollcall_server::config::{CommonSettings, DetectorArg, ServeSettings};
 use serde_json::Value;
@@ -79,7 +80,7 @@ pub fn settings(tmp: &tempfile::TempDir) -> ServeSettings {
         dedupe_window_secs: 300,
         max_upload_bytes: 10 * 1024 * 1024,
         max_pixels: 40_000_000,
-        max_batch: 8,
+        max_batch: None,
         max_wait_ms: 5,
         queue_capacity: 64,
         detector: DetectorArg::Ssd,
@@ -112,6 +113,7 @@ pub async fn spawn_with(db: Db, tweak: impl FnOnce(&mut ServeSettings)) -> TestA
     let common = CommonSettings {
         database_url: database_url.clone(),
         model_dir: model_dir(),
+        device: DeviceChoice::Cpu,
     };
     let admin_key = s.admin_key.clone().unwrap();
     let (store, _) = app::open_store(&common, Some(&admin_key))
