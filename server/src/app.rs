@@ -41,6 +41,8 @@ pub struct AppState {
     pub settings: ServeSettings,
     /// Version tag of the embeddings the pipeline produces.
     pub model_version: &'static str,
+    /// Where the networks run (`cpu`, `cuda:0`) and how many images a batch takes there.
+    pub device: (String, usize),
     /// Signs dashboard session cookies.
     pub sessions: SessionKeys,
 }
@@ -127,6 +129,10 @@ pub async fn build_state(
     };
     let pipeline = Arc::new(load_pipeline(common, config)?);
     let model_version = pipeline.model_version();
+    let max_batch = settings
+        .max_batch
+        .unwrap_or_else(|| default_max_batch(pipeline.device()));
+    let device = (device_name(pipeline.device()), max_batch);
     let redis = match &settings.redis_url {
         Some(url) => Some(RedisCache::open(url, metrics.clone()).await?),
         None => None,
@@ -165,9 +171,6 @@ pub async fn build_state(
         }
         None => Arc::new(LocalCache::default()),
     };
-    let max_batch = settings
-        .max_batch
-        .unwrap_or_else(|| default_max_batch(pipeline.device()));
     let queue = RecognitionQueue::start(
         pipeline,
         QueueConfig {
@@ -187,6 +190,7 @@ pub async fn build_state(
         metrics,
         settings,
         model_version,
+        device,
         sessions,
     })
 }

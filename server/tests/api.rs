@@ -345,6 +345,11 @@ async fn keys_scopes_and_status_codes(db: Db) {
     let ready: Value = send_json(app.public_get("/readyz")).await;
     assert_eq!(ready["database"], "ok");
     assert_eq!(
+        (&ready["device"], &ready["max_batch"]),
+        (&Value::from("cpu"), &Value::from(8)),
+        "the tests' CPU pipeline batches 8 images by default: {ready}"
+    );
+    assert_eq!(
         (&ready["status"], &ready["cache"], &ready["redis"]),
         (
             &Value::from("ready"),

@@ -19,9 +19,9 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
 
-/// `GET /readyz`: models loaded (they are before the server listens), the database reachable,
-/// and the shared cache: `degraded` (still 200) while Redis is unreachable, when requests are
-/// served from the database and memory.
+/// `GET /readyz`: models loaded (they are before the server listens) and on which device, the
+/// database reachable, and the shared cache: `degraded` (still 200) while Redis is unreachable,
+/// when requests are served from the database and memory.
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let database = state.store.ping().await;
     let cache = state.cache.health().await;
@@ -33,6 +33,8 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let body = json!({
         "status": status,
         "models": "loaded",
+        "device": state.device.0,
+        "max_batch": state.device.1,
         "database": if database { "ok" } else { "unreachable" },
         "cache": cache.backend,
         "redis": match (cache.backend, cache.ok) {
