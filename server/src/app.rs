@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
-use rollcall_models::device::{default_max_batch, device_name};
+use candle_core::utils::cuda_is_available;
+use rollcall_models::device::{default_max_batch, device_name, DeviceChoice};
 use rollcall_models::pipeline::{FacePipeline, PipelineConfig};
 
 use crate::auth::{self, Scope};
@@ -86,6 +87,12 @@ pub fn load_pipeline(
     };
     let device = common.device.open().map_err(models)?;
     tracing::info!(requested = %common.device, device = %device_name(&device), "face networks' device");
+    if common.device == DeviceChoice::Auto && cuda_is_available() && device.is_cpu() {
+        tracing::warn!(
+            "this build has CUDA but no GPU could be opened: running on the CPU \
+             (ROLLCALL_DEVICE=cuda refuses to start and says why)"
+        );
+    }
     FacePipeline::load(&common.model_dir, &device, config).map_err(models)
 }
 
