@@ -14,6 +14,10 @@
 # CUDA 13 user-space libraries of the machine's Python environment). The CPU build, the tests
 # and CI never need any of this.
 #
+# ROLLCALL_CUDNN=1 builds `--features cudnn` instead (dense convolutions on cuDNN): the kit is
+# then target/gpu-kit-cudnn.tar.xz, and the GPU machine must have cuDNN 9 for CUDA 13 (e.g. a
+# Python env with the nvidia-cudnn-cu13 wheel, or PyTorch); it is not in the kit (about 1 GB).
+#
 # Environment: CUDA_COMPUTE_CAP (90: H100/H200; 89: L4; 80: A100), ROLLCALL_CUDA_VENV (where
 # the wheels go, default ~/.cache/rollcall/cuda-venv), CARGO_TARGET_DIR (default
 # ~/.cache/rollcall/target-cuda: the link flags below differ from the CPU build's, so it gets
@@ -23,7 +27,13 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 venv=${ROLLCALL_CUDA_VENV:-$HOME/.cache/rollcall/cuda-venv}
 target=${CARGO_TARGET_DIR:-$HOME/.cache/rollcall/target-cuda}
-kit="$repo/target/gpu-kit"
+features=cuda
+kit_name=gpu-kit
+if [ "${ROLLCALL_CUDNN:-0}" = 1 ]; then
+  features=cudnn
+  kit_name=gpu-kit-cudnn
+fi
+kit="$repo/target/$kit_name"
 export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
 
 # Pinned to CUDA 13.0, the version of the GPU machines' driver (580): a newer nvcc emits PTX
@@ -33,6 +43,7 @@ wheels=(
   "nvidia-nvvm==13.0.88" "nvidia-cuda-crt==13.0.88" "nvidia-cublas<13.1" "nvidia-curand==10.4.0.35"
   "nvidia-cuda-nvrtc<13.1"
 )
+[ "$features" = cudnn ] && wheels+=("nvidia-cudnn-cu13==9.13.0.50")
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
@@ -50,8 +61,13 @@ cu=$("$venv/bin/python" -c 'import nvidia, os; print(os.path.join(nvidia.__path_
 # never call it) and, once cudarc is compiled, defines every driver function cudarc calls.
 links="$target/cuda-link"
 mkdir -p "$links"
-for lib in cublas cublasLt cudart nvrtc curand; do
-  file=$(ls "$cu"/lib/lib$lib.so.* 2>/dev/null | head -n1)
+libs=(cublas cublasLt cudart nvrtc curand)
+[ "$features" = cudnn ] && libs+=(cudnn)
+for lib in "${libs[@]}"; do
+  file=
+  for f in "$cu"/lib/lib"$lib".so.* "$cu"/../cudnn/lib/lib"$lib".so.*; do
+    if [ -e "$f" ]; then file=$f; break; fi
+  done
   [ -n "$file" ] || { echo "cuda-build: lib$lib missing from the wheels" >&2; exit 1; }
   ln -sf "$file" "$links/lib$lib.so"
 done
@@ -70,19 +86,27 @@ export PATH="$cu/bin:$PATH" CUDA_ROOT="$cu" CUDA_PATH="$cu" CUDA_HOME="$cu"
 export CARGO_TARGET_DIR="$target"
 export RUSTFLAGS="-L $links -C link-arg=-Wl,--no-as-needed -C link-arg=-lcuda -C link-arg=-Wl,--unresolved-symbols=ignore-in-shared-libs"
 # RUSTFLAGS also link the build scripts against the stub, which they then load (and never call).
-export LD_LIBRARY_PATH="$links:$cu/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export LD_LIBRARY_PATH="$links:$cu/lib:$cu/../cudnn/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 cd "$repo"
 # The dev profile (dependencies and the models crate at opt-level 3) for all three, so they
 # share one build of the dependencies. The library first: it compiles cudarc without linking
 # a binary, so the stub can then be given cudarc's driver functions.
-cargo build --locked -p rollcall-models --features cuda
+cargo build --locked -p rollcall-models --features "$features"
 stub
 echo "cuda-build: libcuda stub with $(grep -c '^void cu' "$links/stub.c") driver functions"
-cargo build --locked -p rollcall-server --features cuda --bin rollcall
-cargo test --locked -p rollcall-models --features cuda --test cuda_numerics --no-run
-cargo bench --locked -p rollcall-benches --features cuda --profile dev --bench stages --no-run
+cargo build --locked -p rollcall-server --features "$features" --bin rollcall
+cargo test --locked -p rollcall-models --features "$features" --test cuda_numerics --no-run
+cargo bench --locked -p rollcall-benches --features "$features" --profile dev --bench stages --no-run
 
-newest() { ls -t "$target"/debug/deps/"$1"-* | grep -v '\.d$' | head -n1; }
+# The newest build of a test or bench binary (cargo names them NAME-HASH; NAME-HASH.d beside).
+newest() {
+  local f best=
+  for f in "$target"/debug/deps/"$1"-*; do
+    [[ $f == *.d ]] && continue
+    if [ -z "$best" ] || [ "$f" -nt "$best" ]; then best=$f; fi
+  done
+  echo "$best"
+}
 rm -rf "$kit"
 mkdir -p "$kit/bin" "$kit/assets/face-api/model"
 strip --strip-all -o "$kit/bin/cuda_numerics" "$(newest cuda_numerics)"
@@ -97,5 +121,5 @@ cp -r "$assets/face-api/demo" "$kit/assets/face-api/demo"
 cp -r "$assets/dlib" "$kit/assets/"
 mkdir -p "$kit/assets/face_recognition/test_images"
 cp "$assets"/face_recognition/test_images/{obama,biden}*.jpg "$kit/assets/face_recognition/test_images/"
-tar -C "$repo/target" -cf - gpu-kit | xz -T0 -6 > "$repo/target/gpu-kit.tar.xz"
-du -sh "$kit"/bin/* "$kit/assets" "$repo/target/gpu-kit.tar.xz"
+tar -C "$repo/target" -cf - "$kit_name" | xz -T0 -6 > "$repo/target/$kit_name.tar.xz"
+du -sh "$kit"/bin/* "$kit/assets" "$repo/target/$kit_name.tar.xz"

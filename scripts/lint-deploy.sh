@@ -20,7 +20,7 @@
 #   compose     docker/compose*.yaml validated against the Compose Specification JSON
 #               schema (shipped by check-jsonschema), plus depends_on/volume/build checks
 #   docker      COPY sources exist and are not excluded by .dockerignore
-#   self        this script passes shellcheck
+#   self        this script, scripts/cuda-build.sh and scripts/gpu-check.sh pass shellcheck
 #
 # Tools come from PyPI and npm only, pinned below, installed once and reused while the
 # pins are unchanged: into $ROLLCALL_TOOLS_DIR when set, else into <repo>/.tools
@@ -599,12 +599,13 @@ else
   record compose FAIL "schema validation errors"
 fi
 
-# This script through shellcheck ----------------------------------------------------------
-if "$tools/lint/bin/shellcheck" --severity=style scripts/lint-deploy.sh >"$work/sc.out" 2>&1; then
-  record shellcheck ok "scripts/lint-deploy.sh clean"
+# This script and the GPU build and check scripts through shellcheck ------------------------
+sc_scripts=(scripts/lint-deploy.sh scripts/cuda-build.sh scripts/gpu-check.sh)
+if "$tools/lint/bin/shellcheck" --severity=style "${sc_scripts[@]}" >"$work/sc.out" 2>&1; then
+  record shellcheck ok "${sc_scripts[*]} clean"
 else
   cat "$work/sc.out" >&2
-  record shellcheck FAIL "scripts/lint-deploy.sh"
+  record shellcheck FAIL "${sc_scripts[*]}"
 fi
 
 # ---------------------------------------------------------------------------------------
