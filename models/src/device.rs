@@ -129,10 +129,4 @@ mod tests {
             assert!(err.to_string().contains("--features cuda"), "{err}");
         }
     }
-
-    #[test]
-    fn the_cpu_batches_eight_images() {
-        assert_eq!(default_max_batch(&Device::Cpu), 8);
-        assert_eq!(device_name(&Device::Cpu), "cpu");
-    }
 }

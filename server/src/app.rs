@@ -42,8 +42,11 @@ pub struct AppState {
     pub settings: ServeSettings,
     /// Version tag of the embeddings the pipeline produces.
     pub model_version: &'static str,
-    /// Where the networks run (`cpu`, `cuda:0`) and how many images a batch takes there.
-    pub device: (String, usize),
+    /// Where the networks run: `cpu`, `cuda:0`.
+    pub device: String,
+    /// Most images the queue runs through the networks at once (the setting or the device's
+    /// default).
+    pub max_batch: usize,
     /// Signs dashboard session cookies.
     pub sessions: SessionKeys,
 }
@@ -139,7 +142,7 @@ pub async fn build_state(
     let max_batch = settings
         .max_batch
         .unwrap_or_else(|| default_max_batch(pipeline.device()));
-    let device = (device_name(pipeline.device()), max_batch);
+    let device = device_name(pipeline.device());
     let redis = match &settings.redis_url {
         Some(url) => Some(RedisCache::open(url, metrics.clone()).await?),
         None => None,
@@ -198,6 +201,7 @@ pub async fn build_state(
         settings,
         model_version,
         device,
+        max_batch,
         sessions,
     })
 }

@@ -33,8 +33,8 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let body = json!({
         "status": status,
         "models": "loaded",
-        "device": state.device.0,
-        "max_batch": state.device.1,
+        "device": state.device,
+        "max_batch": state.max_batch,
         "database": if database { "ok" } else { "unreachable" },
         "cache": cache.backend,
         "redis": match (cache.backend, cache.ok) {
