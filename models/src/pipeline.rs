@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use candle_core::Device;
 use image::RgbImage;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::align::{assess, dlib_chip, Quality};
@@ -196,7 +197,10 @@ impl FacePipeline {
     /// Finds, aligns and embeds every face of every image; one result list per image.
     pub fn process(&self, images: &[RgbImage]) -> Result<Processed> {
         let mut timings = StageTimings::default();
-        let floats: Vec<FloatImage> = images.iter().map(FloatImage::from_rgb).collect();
+        // The CPU stages between the networks (conversion, alignment, quality) run on every
+        // core, image by image and face by face: on a GPU host they are what is left on the
+        // CPU, and batches of dozens of images hold a hundred faces and more.
+        let floats: Vec<FloatImage> = images.par_iter().map(FloatImage::from_rgb).collect();
         let refs: Vec<&FloatImage> = floats.iter().collect();
         let t = Instant::now();
         let detections = self.detect(&refs)?;
@@ -214,17 +218,15 @@ impl FacePipeline {
         timings.landmarks = t.elapsed();
 
         let t = Instant::now();
-        let chips: Vec<FloatImage> = owners
-            .iter()
+        let (chips, qualities): (Vec<FloatImage>, Vec<Quality>) = owners
+            .par_iter()
             .zip(&landmarks)
-            .map(|((i, _), lm)| dlib_chip(&floats[*i], &lm.points))
-            .collect();
-        let qualities: Vec<Quality> = owners
-            .iter()
-            .zip(&landmarks)
-            .zip(&chips)
-            .map(|(((i, _), lm), chip)| assess(&floats[*i], &lm.points, chip))
-            .collect();
+            .map(|((i, _), lm)| {
+                let chip = dlib_chip(&floats[*i], &lm.points);
+                let quality = assess(&floats[*i], &lm.points, &chip);
+                (chip, quality)
+            })
+            .unzip();
         timings.align = t.elapsed();
 
         let t = Instant::now();
