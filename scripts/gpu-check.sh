@@ -45,7 +45,8 @@ for part in $parts; do
       ;;
     stages)
       # Criterion's own summary lines: time per batch and elements (frames or faces) per second.
-      (cd "$out" && "$kit/bin/stages" --bench --warm-up-time 1 --measurement-time 3 \
+      # Criterion keeps its reports under ./target: a scratch folder, not $OUT.
+      (cd "$(mktemp -d)" && "$kit/bin/stages" --bench --warm-up-time 1 --measurement-time 3 \
         'detect_640x480|per_face/(landmarks|embed)|pipeline' 2>&1) | tee "$out/stages.txt" |
         awk '/^[a-z_0-9]+\/[a-z0-9_]+\/[0-9]+/ {name=$1} /time:/ && !/%/ {t=$(NF-3) " " $(NF-2)}
              /thrpt:/ && !/%/ {print name, t, $(NF-3), $(NF-2)}'
@@ -56,7 +57,7 @@ for part in $parts; do
         echo "no bin/rollcall in the kit (copy target-cuda's debug/rollcall there): skipped"
         continue
       fi
-      folder="$out/eval-photos"
+      folder="$(mktemp -d)/eval-photos"
       rm -rf "$folder" && mkdir -p "$folder/obama" "$folder/biden" "$folder/_unknown"
       cp "$kit"/assets/face_recognition/test_images/obama*.jpg "$folder/obama/"
       cp "$kit/assets/face_recognition/test_images/biden.jpg" "$folder/biden/"
