@@ -2,13 +2,12 @@
 # Builds the `cuda` feature on a machine without a GPU or a CUDA install, with NVIDIA's CUDA
 # toolchain from PyPI, and packs what a GPU machine needs to check it into one folder:
 #
-#   scripts/cuda-build.sh   -> target/gpu-kit.tar.xz (about 50 MB), unpacking to gpu-kit/:
+#   scripts/cuda-build.sh   -> target/gpu-kit.tar.xz (about 57 MB), unpacking to gpu-kit/:
 #     bin/cuda_numerics        the CUDA-vs-CPU numerics tests (rollcall-models)
 #     bin/stages               the stage benches (ROLLCALL_DEVICE=cuda: the GPU's batches)
-#     gpu-check.sh             runs both on the GPU machine
+#     bin/rollcall             the server and `rollcall eval`, with the same features
+#     gpu-check.sh             runs them on the GPU machine
 #     assets/                  the weights and photos they read
-#   and target-cuda's debug/rollcall: the server with --features cuda (`rollcall --device cuda
-#   eval DIR` on a GPU host; about 75 MB, so not in the kit).
 #
 # On the GPU machine: `tar xJf gpu-kit.tar.xz && bash gpu-kit/gpu-check.sh` (it finds the
 # CUDA 13 user-space libraries of the machine's Python environment). The CPU build, the tests
@@ -111,6 +110,7 @@ rm -rf "$kit"
 mkdir -p "$kit/bin" "$kit/assets/face-api/model"
 strip --strip-all -o "$kit/bin/cuda_numerics" "$(newest cuda_numerics)"
 strip --strip-all -o "$kit/bin/stages" "$(newest stages)"
+strip --strip-all -o "$kit/bin/rollcall" "$target/debug/rollcall"
 cp "$repo/scripts/gpu-check.sh" "$kit/gpu-check.sh"
 assets=${ROLLCALL_ASSETS_DIR:-$repo/assets}
 # Only what the checks read: the four networks' weights, dlib's ResNet, the photos.

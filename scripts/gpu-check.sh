@@ -54,7 +54,7 @@ for part in $parts; do
       ;;
     eval)
       if [ ! -x "$kit/bin/rollcall" ]; then
-        echo "no bin/rollcall in the kit (copy target-cuda's debug/rollcall there): skipped"
+        echo "no bin/rollcall in the kit: skipped"
         continue
       fi
       folder="$(mktemp -d)/eval-photos"
