@@ -13,9 +13,7 @@ pub use rollcall_models::fetched::{assets, model_dir};
 /// The device the model benches run on: `ROLLCALL_DEVICE` (`cpu` when unset; `cuda` needs a
 /// build with `--features cuda`).
 pub fn bench_device() -> candle_core::Device {
-    let choice: DeviceChoice = std::env::var("ROLLCALL_DEVICE")
-        .map_or(Ok(DeviceChoice::Cpu), |v| v.parse())
-        .unwrap_or_else(|e| panic!("ROLLCALL_DEVICE: {e}"));
+    let choice = DeviceChoice::from_env(DeviceChoice::Cpu).unwrap_or_else(|e| panic!("{e}"));
     choice
         .open()
         .unwrap_or_else(|e| panic!("ROLLCALL_DEVICE={choice}: {e}"))

@@ -49,6 +49,14 @@ impl fmt::Display for DeviceChoice {
 }
 
 impl DeviceChoice {
+    /// The choice in `ROLLCALL_DEVICE`, or `default` when it is unset (for the tests and
+    /// benches; the server reads the variable through its command line).
+    pub fn from_env(default: Self) -> std::result::Result<Self, String> {
+        std::env::var("ROLLCALL_DEVICE")
+            .map_or(Ok(default), |v| v.parse())
+            .map_err(|e| format!("ROLLCALL_DEVICE: {e}"))
+    }
+
     /// Opens the device. `cuda:N` fails with [`ModelError::Device`] when this build has no CUDA
     /// or the GPU cannot be opened; `auto` then falls back to the CPU. On a GPU, f32 matrix
     /// products may use TF32 tensor cores (10-bit mantissas, like the CPU's 16-bit products)

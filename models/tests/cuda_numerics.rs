@@ -24,12 +24,15 @@ use rollcall_models::tiny_face_detector::TinyFaceDetector;
 mod common;
 
 fn gpu() -> Device {
-    let choice: DeviceChoice = std::env::var("ROLLCALL_DEVICE")
-        .map_or(Ok(DeviceChoice::Cuda(0)), |v| v.parse())
-        .unwrap();
+    let choice = DeviceChoice::from_env(DeviceChoice::Cuda(0)).unwrap();
     let device = choice.open().expect("a CUDA GPU");
     assert!(device.is_cuda(), "{choice} opened {device:?}, not a GPU");
     device
+}
+
+/// `run` on the CPU and on the GPU.
+fn on_both<T>(run: impl Fn(&Device) -> T) -> (T, T) {
+    (run(&Device::Cpu), run(&gpu()))
 }
 
 fn weights(model: &str, device: &Device) -> WeightMap {
@@ -71,23 +74,18 @@ fn assert_same_faces(what: &str, cpu: &[Vec<Detection>], gpu: &[Vec<Detection>])
 
 #[test]
 fn detectors_find_the_same_faces() {
-    let (cpu, gpu) = (Device::Cpu, gpu());
     let images = photos();
     let refs: Vec<&FloatImage> = images.iter().collect();
-    let ssd = |d: &Device| {
-        SsdMobilenetV1::load(&weights(SsdMobilenetV1::MODEL, d))
-            .unwrap()
-            .detect(&refs, 0.5, 100)
-            .unwrap()
-    };
-    assert_same_faces("SSD", &ssd(&cpu), &ssd(&gpu));
-    let tiny = |d: &Device| {
-        TinyFaceDetector::load(&weights(TinyFaceDetector::MODEL, d))
-            .unwrap()
-            .detect(&refs, 416, 0.5)
-            .unwrap()
-    };
-    assert_same_faces("Tiny", &tiny(&cpu), &tiny(&gpu));
+    let (cpu, gpu) = on_both(|d| {
+        let net = SsdMobilenetV1::load(&weights(SsdMobilenetV1::MODEL, d)).unwrap();
+        net.detect(&refs, 0.5, 100).unwrap()
+    });
+    assert_same_faces("SSD", &cpu, &gpu);
+    let (cpu, gpu) = on_both(|d| {
+        let net = TinyFaceDetector::load(&weights(TinyFaceDetector::MODEL, d)).unwrap();
+        net.detect(&refs, 416, 0.5).unwrap()
+    });
+    assert_same_faces("Tiny", &cpu, &gpu);
 }
 
 /// Every face the CPU's SSD finds in the photos, with its image.
@@ -107,13 +105,10 @@ fn landmarks_and_descriptors_agree_face_by_face() {
     let images = photos();
     let faces = faces(&images);
     assert!(faces.len() >= 26, "{} faces", faces.len());
-    let marks = |d: &Device| {
-        FaceLandmark68Net::load(&weights(FaceLandmark68Net::MODEL, d))
-            .unwrap()
-            .detect(&faces)
-            .unwrap()
-    };
-    let (on_cpu, on_gpu) = (marks(&Device::Cpu), marks(&gpu()));
+    let (on_cpu, on_gpu) = on_both(|d| {
+        let net = FaceLandmark68Net::load(&weights(FaceLandmark68Net::MODEL, d)).unwrap();
+        net.detect(&faces).unwrap()
+    });
     for ((_, bbox), (c, g)) in faces.iter().zip(on_cpu.iter().zip(&on_gpu)) {
         for (p, q) in c.points.iter().zip(&g.points) {
             let off = (p[0] - q[0]).hypot(p[1] - q[1]);
@@ -130,13 +125,10 @@ fn landmarks_and_descriptors_agree_face_by_face() {
         .map(|((img, _), lm)| dlib_chip(img, &lm.points))
         .collect();
     let chip_refs: Vec<&FloatImage> = chips.iter().collect();
-    let embed = |d: &Device| {
-        FaceRecognitionNet::load(&load_dlib_resnet(&dlib_file(), d).unwrap())
-            .unwrap()
-            .embed(&chip_refs)
-            .unwrap()
-    };
-    let (on_cpu, on_gpu) = (embed(&Device::Cpu), embed(&gpu()));
+    let (on_cpu, on_gpu) = on_both(|d| {
+        let net = FaceRecognitionNet::load(&load_dlib_resnet(&dlib_file(), d).unwrap()).unwrap();
+        net.embed(&chip_refs).unwrap()
+    });
     let worst = on_cpu
         .iter()
         .zip(&on_gpu)
@@ -155,14 +147,10 @@ fn the_whole_pipeline_agrees() {
         .map(|i| demo_photo_rgb(&format!("sample{i}.jpg")))
         .collect();
     images.push(person_photo_rgb("obama.jpg"));
-    let run = |d: &Device| {
-        FacePipeline::load(&model_dir(), d, PipelineConfig::default())
-            .unwrap()
-            .process(&images)
-            .unwrap()
-            .faces
-    };
-    let (on_cpu, on_gpu) = (run(&Device::Cpu), run(&gpu()));
+    let (on_cpu, on_gpu) = on_both(|d| {
+        let pipeline = FacePipeline::load(&model_dir(), d, PipelineConfig::default()).unwrap();
+        pipeline.process(&images).unwrap().faces
+    });
     let mut compared = 0;
     for (c, g) in on_cpu.iter().zip(&on_gpu) {
         for face in c.iter().filter(|f| f.detection.score >= 0.6) {

@@ -44,9 +44,6 @@ pub struct AppState {
     pub model_version: &'static str,
     /// Where the networks run: `cpu`, `cuda:0`.
     pub device: String,
-    /// Most images the queue runs through the networks at once (the setting or the device's
-    /// default).
-    pub max_batch: usize,
     /// Signs dashboard session cookies.
     pub sessions: SessionKeys,
 }
@@ -201,7 +198,6 @@ pub async fn build_state(
         settings,
         model_version,
         device,
-        max_batch,
         sessions,
     })
 }

@@ -47,6 +47,7 @@ struct Job {
 #[derive(Clone)]
 pub struct RecognitionQueue {
     tx: SyncSender<Job>,
+    config: QueueConfig,
     metrics: Arc<Metrics>,
 }
 
@@ -59,7 +60,16 @@ impl RecognitionQueue {
             .name("rollcall-inference".into())
             .spawn(move || worker(rx, &pipeline, config, &worker_metrics))
             .expect("spawning the inference thread");
-        Self { tx, metrics }
+        Self {
+            tx,
+            config,
+            metrics,
+        }
+    }
+
+    /// The batching settings the queue runs with.
+    pub fn config(&self) -> QueueConfig {
+        self.config
     }
 
     /// Queues one decoded image and waits for its faces.

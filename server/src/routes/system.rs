@@ -34,7 +34,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         "status": status,
         "models": "loaded",
         "device": state.device,
-        "max_batch": state.max_batch,
+        "max_batch": state.queue.config().max_batch,
         "database": if database { "ok" } else { "unreachable" },
         "cache": cache.backend,
         "redis": match (cache.backend, cache.ok) {
