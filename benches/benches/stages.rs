@@ -1,12 +1,13 @@
 //! Per-stage speed of the face pipeline on real photos: detection (SSD, Tiny) on 640×480
-//! frames, landmarks and embedding per face at batch 1, 8 and 32, and the whole pipeline.
+//! frames, landmarks, alignment (the dlib chip and its quality check, one face after another)
+//! and embedding per face at batch 1, 8 and 32, and the whole pipeline.
 //! `cargo bench -p rollcall-benches --bench stages`; on a GPU (a build with `--features cuda`,
 //! `ROLLCALL_DEVICE=cuda`) also the larger batches a GPU is fed.
 
 use candle_core::Device;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rollcall_benches::{bench_device, frame, model_dir};
-use rollcall_models::align::dlib_chip;
+use rollcall_models::align::{assess, dlib_chip};
 use rollcall_models::landmarks::FaceLandmark68Net;
 use rollcall_models::pipeline::{FacePipeline, PipelineConfig};
 use rollcall_models::preprocess::FloatImage;
@@ -84,7 +85,11 @@ fn stages(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("align", batch), &align_in, |b, x| {
             b.iter(|| {
                 x.iter()
-                    .map(|(img, pts)| dlib_chip(img, pts))
+                    .map(|(img, pts)| {
+                        let chip = dlib_chip(img, pts);
+                        let quality = assess(img, pts, &chip);
+                        (chip, quality)
+                    })
                     .collect::<Vec<_>>()
             })
         });

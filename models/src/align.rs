@@ -210,13 +210,18 @@ impl ChipTransform {
 
     /// Image point sampled by chip pixel `(col, row)`.
     pub fn to_image(&self, col: f64, row: f64) -> [f64; 2] {
-        let half = (CHIP_SIZE as f64 - 1.0) / 2.0;
-        let (dx, dy) = ((col - half) * self.step, (row - half) * self.step);
-        let (s, c) = self.angle.sin_cos();
-        [
-            self.centre[0] + c * dx - s * dy,
-            self.centre[1] + s * dx + c * dy,
-        ]
+        self.grid().at(col, row)
+    }
+
+    /// The same mapping with its rotation worked out once, for sampling every chip pixel.
+    fn grid(&self) -> ChipGrid {
+        let (sin, cos) = self.angle.sin_cos();
+        ChipGrid {
+            centre: self.centre,
+            step: self.step,
+            sin,
+            cos,
+        }
     }
 
     /// Chip coordinates of image point `p` (inverse of [`ChipTransform::to_image`]).
@@ -248,6 +253,27 @@ impl ChipTransform {
     }
 }
 
+/// [`ChipTransform::to_image`] with the rotation's sine and cosine at hand.
+struct ChipGrid {
+    centre: [f64; 2],
+    step: f64,
+    sin: f64,
+    cos: f64,
+}
+
+impl ChipGrid {
+    /// Image point sampled by chip pixel `(col, row)`.
+    fn at(&self, col: f64, row: f64) -> [f64; 2] {
+        let half = (CHIP_SIZE as f64 - 1.0) / 2.0;
+        let (dx, dy) = ((col - half) * self.step, (row - half) * self.step);
+        let (s, c) = (self.sin, self.cos);
+        [
+            self.centre[0] + c * dx - s * dy,
+            self.centre[1] + s * dx + c * dy,
+        ]
+    }
+}
+
 /// dlib's `pyramid_down<2>::point_down`, applied `depth` times.
 fn point_down(mut p: [f64; 2], depth: u32) -> [f64; 2] {
     for _ in 0..depth {
@@ -270,13 +296,13 @@ fn point_down(mut p: [f64; 2], depth: u32) -> [f64; 2] {
 /// If `landmarks` holds fewer than 68 points.
 pub fn dlib_chip(image: &FloatImage, landmarks: &[[f32; 2]]) -> FloatImage {
     let tform = ChipTransform::from_landmarks(landmarks);
+    let grid = tform.grid();
     let depth = tform.pyramid_depth();
     let mut chip = FloatImage::zeros(CHIP_SIZE, CHIP_SIZE);
     let last = (CHIP_SIZE - 1) as f64;
     // extract_image_chips: the rotated chip rectangle, grown by 2, 6, 14, ... pixels with the
     // pyramid depth, clipped to the image and rounded to an integer rectangle.
-    let corners =
-        [(0.0, 0.0), (last, 0.0), (0.0, last), (last, last)].map(|(c, r)| tform.to_image(c, r));
+    let corners = [(0.0, 0.0), (last, 0.0), (0.0, last), (last, last)].map(|(c, r)| grid.at(c, r));
     let grow = (0..depth).fold(2.0, |g, _| g * 2.0 + 2.0);
     let extent = |k: usize, lim: usize| {
         let lo = corners.iter().map(|p| p[k]).fold(f64::INFINITY, f64::min) - grow;
@@ -292,78 +318,118 @@ pub fn dlib_chip(image: &FloatImage, landmarks: &[[f32; 2]]) -> FloatImage {
     if w == 0 || h == 0 {
         return chip;
     }
-    let mut level = image.crop(x0, y0, w, h);
+    // The rectangle is read in place; only the pyramid's levels are new images.
+    let rect = Window::of(image, (x0, y0), (w, h));
+    let mut levels: Option<FloatImage> = None;
     for _ in 0..depth {
-        level = pyramid_down(&level);
+        levels = Some(pyramid_down(levels.as_ref().map_or(rect, Window::whole)));
     }
-    for row in 0..CHIP_SIZE {
-        for col in 0..CHIP_SIZE {
-            let p = tform.to_image(col as f64, row as f64);
+    let level = levels.as_ref().map_or(rect, Window::whole);
+    for (row, pixels) in chip.data.chunks_exact_mut(CHIP_SIZE * 3).enumerate() {
+        for (col, pixel) in pixels.chunks_exact_mut(3).enumerate() {
+            let p = grid.at(col as f64, row as f64);
             let q = point_down([p[0] - x0 as f64, p[1] - y0 as f64], depth);
-            if let Some(rgb) = bilinear(&level, q[0], q[1]) {
-                let at = (row * CHIP_SIZE + col) * 3;
-                chip.data[at..at + 3].copy_from_slice(&rgb.map(f32::trunc));
+            if let Some(rgb) = level.bilinear(q[0], q[1]) {
+                pixel.copy_from_slice(&rgb);
             }
         }
     }
+    // `rgb_pixel` truncates each value: one pass (a cast, which vectorises; `trunc` does not
+    // on baseline x86-64) over samples that lie in 0..=255.
+    for v in &mut chip.data {
+        *v = *v as i32 as f32;
+    }
     chip
+}
+
+/// A rectangle of an image's samples read in place: `width × height` pixels whose rows start
+/// `stride` samples apart.
+#[derive(Debug, Clone, Copy)]
+struct Window<'a> {
+    data: &'a [f32],
+    stride: usize,
+    width: usize,
+    height: usize,
+}
+
+impl<'a> Window<'a> {
+    /// The `w × h` pixels of `image` from `(x0, y0)`, which must lie inside it.
+    fn of(image: &'a FloatImage, (x0, y0): (usize, usize), (w, h): (usize, usize)) -> Self {
+        Self {
+            data: &image.data[(y0 * image.width + x0) * 3..],
+            stride: image.width * 3,
+            width: w,
+            height: h,
+        }
+    }
+
+    /// All of `image`.
+    fn whole(image: &'a FloatImage) -> Self {
+        Self::of(image, (0, 0), (image.width, image.height))
+    }
+
+    /// Row `y`'s samples.
+    fn row(&self, y: usize) -> &'a [f32] {
+        &self.data[y * self.stride..y * self.stride + self.width * 3]
+    }
+
+    /// dlib's `interpolate_bilinear`: `None` unless all four neighbours are inside.
+    fn bilinear(&self, x: f64, y: f64) -> Option<[f32; 3]> {
+        // `floor(x) + 1 < width` is `x < width - 1` for whole widths (and NaN fails every test).
+        let inside =
+            x >= 0.0 && y >= 0.0 && x < self.width as f64 - 1.0 && y < self.height as f64 - 1.0;
+        if !inside {
+            return None;
+        }
+        let (l, t) = (x as usize, y as usize);
+        let (fx, fy) = (x - l as f64, y - t as f64);
+        let top = &self.row(t)[3 * l..3 * l + 6];
+        let bottom = &self.row(t + 1)[3 * l..3 * l + 6];
+        let mut rgb = [0.0; 3];
+        for (c, v) in rgb.iter_mut().enumerate() {
+            let (tl, tr) = (f64::from(top[c]), f64::from(top[c + 3]));
+            let (bl, br) = (f64::from(bottom[c]), f64::from(bottom[c + 3]));
+            *v = ((1.0 - fy) * ((1.0 - fx) * tl + fx * tr) + fy * ((1.0 - fx) * bl + fx * br))
+                as f32;
+        }
+        Some(rgb)
+    }
 }
 
 /// dlib's `pyramid_down<2>` on an RGB image of integer values: rows filtered with
 /// `[1 4 6 4 1]` at every other column, then columns likewise at every other row, the sum
 /// divided by 256 and truncated. `(h - 3) / 2` × `(w - 3) / 2` pixels; empty when either side
-/// is at most 8.
-fn pyramid_down(img: &FloatImage) -> FloatImage {
+/// is at most 8. Every sum is a whole number below 2²⁴, so `f32` holds it exactly in any order.
+fn pyramid_down(img: Window) -> FloatImage {
     if img.width <= 8 || img.height <= 8 {
         return FloatImage::zeros(0, 0);
     }
-    const TAPS: [f32; 5] = [1.0, 4.0, 6.0, 4.0, 1.0];
     let (w, h) = ((img.width - 3) / 2, (img.height - 3) / 2);
     let mut rows = vec![0.0f32; img.height * w * 3];
-    for y in 0..img.height {
-        for x in 0..w {
-            for c in 0..3 {
-                rows[(y * w + x) * 3 + c] = TAPS
-                    .iter()
-                    .enumerate()
-                    .map(|(k, t)| t * img.at(2 * x + k, y, c))
-                    .sum();
+    for (y, out) in rows.chunks_exact_mut(w * 3).enumerate() {
+        let src = img.row(y);
+        for (x, px) in out.chunks_exact_mut(3).enumerate() {
+            let taps = &src[6 * x..6 * x + 15];
+            for (c, v) in px.iter_mut().enumerate() {
+                *v = taps[c]
+                    + 4.0 * taps[c + 3]
+                    + 6.0 * taps[c + 6]
+                    + 4.0 * taps[c + 9]
+                    + taps[c + 12];
             }
         }
     }
     let mut out = FloatImage::zeros(w, h);
-    for y in 0..h {
-        for x in 0..w {
-            for c in 0..3 {
-                let sum: f32 = TAPS
-                    .iter()
-                    .enumerate()
-                    .map(|(k, t)| t * rows[((2 * y + k) * w + x) * 3 + c])
-                    .sum();
-                out.data[(y * w + x) * 3 + c] = (sum / 256.0).floor();
-            }
+    let filtered = |y: usize| &rows[y * w * 3..(y + 1) * w * 3];
+    for (y, dst) in out.data.chunks_exact_mut(w * 3).enumerate() {
+        let r = [0, 1, 2, 3, 4].map(|k| filtered(2 * y + k));
+        for (i, v) in dst.iter_mut().enumerate() {
+            let sum = r[0][i] + 4.0 * r[1][i] + 6.0 * r[2][i] + 4.0 * r[3][i] + r[4][i];
+            // A floor of a sum that is never negative.
+            *v = (sum / 256.0) as u32 as f32;
         }
     }
     out
-}
-
-/// dlib's `interpolate_bilinear`: `None` unless all four neighbours are inside the image.
-fn bilinear(img: &FloatImage, x: f64, y: f64) -> Option<[f32; 3]> {
-    let (left, top) = (x.floor(), y.floor());
-    if left < 0.0 || top < 0.0 || left + 1.0 >= img.width as f64 || top + 1.0 >= img.height as f64 {
-        return None;
-    }
-    let (l, t) = (left as usize, top as usize);
-    let (fx, fy) = (x - left, y - top);
-    let mut out = [0.0; 3];
-    for (c, v) in out.iter_mut().enumerate() {
-        let tl = f64::from(img.at(l, t, c));
-        let tr = f64::from(img.at(l + 1, t, c));
-        let bl = f64::from(img.at(l, t + 1, c));
-        let br = f64::from(img.at(l + 1, t + 1, c));
-        *v = ((1.0 - fy) * ((1.0 - fx) * tl + fx * tr) + fy * ((1.0 - fx) * bl + fx * br)) as f32;
-    }
-    Some(out)
 }
 
 /// The integer crop face-api takes for a box (`clipAtImageBorders` + floor, then slice);
@@ -473,11 +539,13 @@ pub fn interocular_px(landmarks: &[[f32; 2]]) -> f32 {
 pub fn sharpness(chip: &FloatImage, inside: impl Fn(usize, usize) -> bool) -> f32 {
     let margin = |n: usize| (n as f64 * CHIP_PADDING / (1.0 + 2.0 * CHIP_PADDING)).round() as usize;
     let (mx, my) = (margin(chip.width).max(1), margin(chip.height).max(1));
-    let grey = |x: usize, y: usize| {
-        0.299 * f64::from(chip.at(x, y, 0))
-            + 0.587 * f64::from(chip.at(x, y, 1))
-            + 0.114 * f64::from(chip.at(x, y, 2))
-    };
+    // Each pixel's grey value is read five times below: worked out once.
+    let greys: Vec<f64> = chip
+        .data
+        .chunks_exact(3)
+        .map(|p| 0.299 * f64::from(p[0]) + 0.587 * f64::from(p[1]) + 0.114 * f64::from(p[2]))
+        .collect();
+    let grey = |x: usize, y: usize| greys[y * chip.width + x];
     let (mut sum, mut sum2, mut n) = (0.0, 0.0, 0.0);
     for y in my..chip.height.saturating_sub(my) {
         for x in mx..chip.width.saturating_sub(mx) {
@@ -508,12 +576,17 @@ pub fn sharpness(chip: &FloatImage, inside: impl Fn(usize, usize) -> bool) -> f3
 /// If `landmarks` holds fewer than 68 points.
 pub fn assess(image: &FloatImage, landmarks: &[[f32; 2]], chip: &FloatImage) -> Quality {
     let face_px = interocular_px(landmarks);
-    let tform = ChipTransform::from_landmarks(landmarks);
+    let grid = ChipTransform::from_landmarks(landmarks).grid();
     let (w, h) = (image.width as f64, image.height as f64);
-    let sharpness = sharpness(chip, |col, row| {
-        let p = tform.to_image(col as f64, row as f64);
-        p[0] >= 0.0 && p[1] >= 0.0 && p[0] + 1.0 < w && p[1] + 1.0 < h
-    });
+    // Which chip pixels sample the photo, worked out once (`sharpness` asks five times each).
+    let mut inside = Vec::with_capacity(chip.width * chip.height);
+    for row in 0..chip.height {
+        for col in 0..chip.width {
+            let p = grid.at(col as f64, row as f64);
+            inside.push(p[0] >= 0.0 && p[1] >= 0.0 && p[0] + 1.0 < w && p[1] + 1.0 < h);
+        }
+    }
+    let sharpness = sharpness(chip, |col, row| inside[row * chip.width + col]);
     let size_term = (face_px / GOOD_INTEROCULAR_PX).clamp(0.0, 1.0);
     let sharp_term = (sharpness / GOOD_SHARPNESS).clamp(0.0, 1.0);
     Quality {
@@ -639,6 +712,120 @@ mod tests {
                 chip.at(c, r, 0)
             );
         }
+    }
+
+    /// dlib's sampling written out plainly, pixel by pixel: the grown rectangle copied, each
+    /// pyramid level summed tap by tap, each chip pixel mapped and interpolated on its own.
+    fn plain_chip(image: &FloatImage, landmarks: &[[f32; 2]]) -> FloatImage {
+        let t = ChipTransform::from_landmarks(landmarks);
+        let depth = t.pyramid_depth();
+        let last = (CHIP_SIZE - 1) as f64;
+        let corners =
+            [(0.0, 0.0), (last, 0.0), (0.0, last), (last, last)].map(|(c, r)| t.to_image(c, r));
+        let grow = (0..depth).fold(2.0, |g, _| g * 2.0 + 2.0);
+        let extent = |k: usize, lim: usize| {
+            let lo = corners.iter().map(|p| p[k]).fold(f64::INFINITY, f64::min) - grow;
+            let hi = corners
+                .iter()
+                .map(|p| p[k])
+                .fold(f64::NEG_INFINITY, f64::max)
+                + grow;
+            let (lo, hi) = (lo.max(0.0).round(), hi.min(lim as f64 - 1.0).round());
+            (lo as usize, (hi - lo + 1.0).max(0.0) as usize)
+        };
+        let ((x0, w), (y0, h)) = (extent(0, image.width), extent(1, image.height));
+        let mut chip = FloatImage::zeros(CHIP_SIZE, CHIP_SIZE);
+        if w == 0 || h == 0 {
+            return chip;
+        }
+        let taps = [1.0f32, 4.0, 6.0, 4.0, 1.0];
+        let mut level = image.crop(x0, y0, w, h);
+        for _ in 0..depth {
+            if level.width <= 8 || level.height <= 8 {
+                level = FloatImage::zeros(0, 0);
+                break;
+            }
+            let (lw, lh) = ((level.width - 3) / 2, (level.height - 3) / 2);
+            let mut down = FloatImage::zeros(lw, lh);
+            for (y, x, c) in
+                (0..lh).flat_map(|y| (0..lw).flat_map(move |x| (0..3).map(move |c| (y, x, c))))
+            {
+                let mut sum = 0.0;
+                for (ky, ty) in taps.iter().enumerate() {
+                    for (kx, tx) in taps.iter().enumerate() {
+                        sum += ty * tx * level.at(2 * x + kx, 2 * y + ky, c);
+                    }
+                }
+                down.data[(y * lw + x) * 3 + c] = (sum / 256.0).floor();
+            }
+            level = down;
+        }
+        for (row, col) in (0..CHIP_SIZE).flat_map(|r| (0..CHIP_SIZE).map(move |c| (r, c))) {
+            let p = t.to_image(col as f64, row as f64);
+            let q = point_down([p[0] - x0 as f64, p[1] - y0 as f64], depth);
+            let (left, top) = (q[0].floor(), q[1].floor());
+            if left < 0.0
+                || top < 0.0
+                || left + 1.0 >= level.width as f64
+                || top + 1.0 >= level.height as f64
+            {
+                continue;
+            }
+            let (l, tp, fx, fy) = (left as usize, top as usize, q[0] - left, q[1] - top);
+            for c in 0..3 {
+                let v = |x, y| f64::from(level.at(x, y, c));
+                let top_row = (1.0 - fx) * v(l, tp) + fx * v(l + 1, tp);
+                let bottom_row = (1.0 - fx) * v(l, tp + 1) + fx * v(l + 1, tp + 1);
+                let value = ((1.0 - fy) * top_row + fy * bottom_row) as f32;
+                chip.data[(row * CHIP_SIZE + col) * 3 + c] = value.trunc();
+            }
+        }
+        chip
+    }
+
+    /// The chip read in place, its pyramid filtered row by row, equals the plain sampling
+    /// exactly: rotated and straight faces, small and up to 8× the chip (none to three pyramid levels),
+    /// inside the photo and hanging over each of its borders.
+    #[test]
+    fn chip_equals_plain_sampling() {
+        let (w, h) = (900, 700);
+        let mut img = FloatImage::zeros(w, h);
+        for (i, v) in img.data.iter_mut().enumerate() {
+            *v = ((i * 2_654_435_761) >> 7 & 255) as f32;
+        }
+        let placements = [
+            (0.0, 1.0, [300.0, 200.0]),
+            (0.4, 0.7, [420.0, 310.0]),
+            (-0.9, 2.2, [250.0, 120.0]),
+            (2.5, 3.6, [700.0, 600.0]),
+            (0.2, 8.0, [-300.0, -250.0]),
+            (-0.3, 1.5, [820.0, 640.0]),
+            (1.2, 6.0, [450.0, -100.0]),
+        ];
+        let mut depths = Vec::new();
+        for (angle, scale, shift) in placements {
+            let lm = template_landmarks(|p| rotate_scale(p, angle, scale, shift));
+            depths.push(ChipTransform::from_landmarks(&lm).pyramid_depth());
+            let (got, want) = (dlib_chip(&img, &lm), plain_chip(&img, &lm));
+            let differ = got
+                .data
+                .iter()
+                .zip(&want.data)
+                .filter(|(g, w)| g != w)
+                .count();
+            assert_eq!(
+                differ, 0,
+                "angle {angle} scale {scale}: {differ} samples differ"
+            );
+            assert!(
+                got.data.iter().any(|&v| v > 0.0),
+                "angle {angle} scale {scale}: empty"
+            );
+        }
+        assert!(
+            depths.contains(&0) && depths.contains(&1) && depths.contains(&2),
+            "{depths:?}"
+        );
     }
 
     #[test]
