@@ -221,7 +221,9 @@ mod avx512 {
 
     impl Depthwise3<'_> {
         /// Output rows `oy0..` into `out`, column block by column block (a block's masks serve
-        /// all its rows), two rows of a block at a time; the input through a ReLU when `RELU`.
+        /// all its rows), four rows of a block at a time at stride 1 (each input row loaded
+        /// once for the up to three output rows it feeds; measured 10–60% faster than two,
+        /// six no better than four) and two at stride 2; the input through a ReLU when `RELU`.
         ///
         /// # Safety
         /// The CPU has AVX-512F, and the masks were made for the plane's row width.
@@ -250,6 +252,11 @@ mod avx512 {
                     x0,
                 };
                 let mut r = 0;
+                while S == 1 && r + 4 <= rows {
+                    // SAFETY: as for this function.
+                    unsafe { self.block::<S, RELU, 4>(&block, out, (oy0, r)) };
+                    r += 4;
+                }
                 while r + 2 <= rows {
                     // SAFETY: as for this function.
                     unsafe { self.block::<S, RELU, 2>(&block, out, (oy0, r)) };
@@ -514,9 +521,10 @@ pub fn depthwise3_runs(stride: usize) -> bool {
 /// One channel's 3×3 depthwise filter read straight from its unpadded input plane, where
 /// [`depthwise3_runs`]: output rows `oy0..oy0 + out.len() / ow`, where output `(y, x)` is
 /// `act(bias + Σ taps[ky * 3 + kx] · in(y · stride + ky - top, x · stride + kx - left))` and
-/// `in` is zero outside the plane. Two rows × 32 pixels at a time in four registers; the
-/// borders and the last block are masked loads (no padded copy of the plane is made), and at
-/// stride 2 each tap reads 32 contiguous samples and keeps the even ones with one permute.
+/// `in` is zero outside the plane. Four rows × 32 pixels at a time in eight registers (two
+/// rows at stride 2); the borders and the last block are masked loads (no padded copy of the
+/// plane is made), and at stride 2 each tap reads 32 contiguous samples and keeps the even
+/// ones with one permute.
 /// Every sample of `out` is written, so it need not be initialised.
 pub fn depthwise3(
     plane: &Plane,
