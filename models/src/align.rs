@@ -262,6 +262,27 @@ struct ChipGrid {
 }
 
 impl ChipGrid {
+    /// `extract_image_chips`' source rectangle in an image `size` pixels wide and high: the
+    /// rotated chip rectangle, grown by 2, 6, 14, ... pixels with the pyramid `depth`, clipped
+    /// to the image and rounded to whole pixels, as `((x0, width), (y0, height))`.
+    fn source_rect(&self, depth: u32, size: (usize, usize)) -> ((usize, usize), (usize, usize)) {
+        let last = (CHIP_SIZE - 1) as f64;
+        let corners =
+            [(0.0, 0.0), (last, 0.0), (0.0, last), (last, last)].map(|(c, r)| self.at(c, r));
+        let grow = (0..depth).fold(2.0, |g, _| g * 2.0 + 2.0);
+        let extent = |k: usize, lim: usize| {
+            let lo = corners.iter().map(|p| p[k]).fold(f64::INFINITY, f64::min) - grow;
+            let hi = corners
+                .iter()
+                .map(|p| p[k])
+                .fold(f64::NEG_INFINITY, f64::max)
+                + grow;
+            let (lo, hi) = (lo.max(0.0).round(), hi.min(lim as f64 - 1.0).round());
+            (lo as usize, (hi - lo + 1.0).max(0.0) as usize)
+        };
+        (extent(0, size.0), extent(1, size.1))
+    }
+
     /// Image point sampled by chip pixel `(col, row)`.
     fn at(&self, col: f64, row: f64) -> [f64; 2] {
         let half = (CHIP_SIZE as f64 - 1.0) / 2.0;
@@ -299,22 +320,7 @@ pub fn dlib_chip(image: &FloatImage, landmarks: &[[f32; 2]]) -> FloatImage {
     let grid = tform.grid();
     let depth = tform.pyramid_depth();
     let mut chip = FloatImage::zeros(CHIP_SIZE, CHIP_SIZE);
-    let last = (CHIP_SIZE - 1) as f64;
-    // extract_image_chips: the rotated chip rectangle, grown by 2, 6, 14, ... pixels with the
-    // pyramid depth, clipped to the image and rounded to an integer rectangle.
-    let corners = [(0.0, 0.0), (last, 0.0), (0.0, last), (last, last)].map(|(c, r)| grid.at(c, r));
-    let grow = (0..depth).fold(2.0, |g, _| g * 2.0 + 2.0);
-    let extent = |k: usize, lim: usize| {
-        let lo = corners.iter().map(|p| p[k]).fold(f64::INFINITY, f64::min) - grow;
-        let hi = corners
-            .iter()
-            .map(|p| p[k])
-            .fold(f64::NEG_INFINITY, f64::max)
-            + grow;
-        let (lo, hi) = (lo.max(0.0).round(), hi.min(lim as f64 - 1.0).round());
-        (lo as usize, (hi - lo + 1.0).max(0.0) as usize)
-    };
-    let ((x0, w), (y0, h)) = (extent(0, image.width), extent(1, image.height));
+    let ((x0, w), (y0, h)) = grid.source_rect(depth, (image.width, image.height));
     if w == 0 || h == 0 {
         return chip;
     }
@@ -719,21 +725,7 @@ mod tests {
     fn plain_chip(image: &FloatImage, landmarks: &[[f32; 2]]) -> FloatImage {
         let t = ChipTransform::from_landmarks(landmarks);
         let depth = t.pyramid_depth();
-        let last = (CHIP_SIZE - 1) as f64;
-        let corners =
-            [(0.0, 0.0), (last, 0.0), (0.0, last), (last, last)].map(|(c, r)| t.to_image(c, r));
-        let grow = (0..depth).fold(2.0, |g, _| g * 2.0 + 2.0);
-        let extent = |k: usize, lim: usize| {
-            let lo = corners.iter().map(|p| p[k]).fold(f64::INFINITY, f64::min) - grow;
-            let hi = corners
-                .iter()
-                .map(|p| p[k])
-                .fold(f64::NEG_INFINITY, f64::max)
-                + grow;
-            let (lo, hi) = (lo.max(0.0).round(), hi.min(lim as f64 - 1.0).round());
-            (lo as usize, (hi - lo + 1.0).max(0.0) as usize)
-        };
-        let ((x0, w), (y0, h)) = (extent(0, image.width), extent(1, image.height));
+        let ((x0, w), (y0, h)) = t.grid().source_rect(depth, (image.width, image.height));
         let mut chip = FloatImage::zeros(CHIP_SIZE, CHIP_SIZE);
         if w == 0 || h == 0 {
             return chip;
