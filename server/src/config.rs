@@ -80,8 +80,11 @@ pub struct ServeSettings {
     #[arg(long, env = "ROLLCALL_MAX_BATCH")]
     pub max_batch: Option<usize>,
 
-    /// How long the queue waits to fill a batch, in milliseconds (0: never waits).
-    #[arg(long, env = "ROLLCALL_MAX_WAIT_MS", default_value_t = 5)]
+    /// How long the queue waits for a batch to fill once its first request is in, in
+    /// milliseconds. 0, the default, never waits: a batch is whatever queued while the last one
+    /// ran, so a lone request pays no delay (measured on 2 cores: 26 against 30 requests/s at
+    /// concurrency 1 with 5 ms), and batches fill by themselves under load.
+    #[arg(long, env = "ROLLCALL_MAX_WAIT_MS", default_value_t = 0)]
     pub max_wait_ms: u64,
 
     /// Requests the queue holds before answering 503.
