@@ -1,7 +1,8 @@
 //! The batching queue (an actor in the style of text-embeddings-inference): requests carry a
 //! one-shot reply; one worker thread takes up to `max_batch` of them (those queued while the
 //! last batch ran, and any arriving within `max_wait` when that is set), runs the face
-//! pipeline once over the batch and fans the results back. A full queue refuses at once; requests whose client went away are skipped.
+//! pipeline once over the batch and fans the results back. A full queue refuses at once;
+//! requests whose client went away are skipped.
 
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;

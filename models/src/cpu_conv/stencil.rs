@@ -239,9 +239,9 @@ mod avx512 {
             for (t, &w) in taps.iter_mut().zip(self.taps) {
                 *t = _mm512_set1_ps(w);
             }
-            let ow = self.columns.widths.1;
-            let rows = out.len() / ow;
             let columns = self.columns;
+            let ow = columns.widths.1;
+            let rows = out.len() / ow;
             let blocks = columns
                 .loads
                 .iter()
@@ -250,7 +250,7 @@ mod avx512 {
             for (b, ((masks, stores), &inside)) in blocks.enumerate() {
                 let x = 32 * b;
                 // The input column tap `kx = 0` reads for the block's first output.
-                let x0 = (x * S) as isize - self.columns.left as isize;
+                let x0 = (x * S) as isize - columns.left as isize;
                 let block = Block {
                     taps: &taps,
                     masks,
