@@ -805,6 +805,9 @@ mod tests {
             // Rows wider than the kernel's widest block, with leftovers.
             (1, 3, 37, 70, 3, 1, Padding::Same),
             (2, 4, 35, 81, 3, 2, Padding::Same),
+            // Stride-2 rows of several column blocks: borders, whole interior blocks, a tail.
+            (1, 3, 9, 203, 3, 2, Padding::Same),
+            (1, 2, 8, 202, 3, 2, Padding::Valid),
             // Stride-1 planes of several row bands, the last one partial.
             (1, 2, 150, 61, 3, 1, Padding::Same),
             (2, 2, 150, 61, 3, 1, Padding::Valid),

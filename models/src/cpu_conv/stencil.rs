@@ -137,7 +137,7 @@ mod avx512 {
     use std::arch::x86_64::*;
     use std::mem::MaybeUninit;
 
-    use super::Activation;
+    use super::{Activation, LOADS};
 
     /// [`super::row`] for CPUs with AVX-512F.
     #[target_feature(enable = "avx512f")]
@@ -222,10 +222,11 @@ mod avx512 {
     impl Depthwise3<'_> {
         /// Output rows `oy0..` into `out`, column block by column block (a block's masks serve
         /// all its rows; a block whose samples all lie inside the rows loads without them,
-        /// measured 8–12% faster at stride 1), four rows of a block at a time at stride 1
-        /// (each input row loaded once for the up to three output rows it feeds; measured
-        /// 10–60% faster than two, six no better than four) and two at stride 2; the input
-        /// through a ReLU when `RELU`.
+        /// measured 8–12% faster at stride 1), four rows of a block at a time (each input row
+        /// loaded once for the output rows it feeds; at stride 1 measured 10–60% faster than
+        /// two, six no better than four; at stride 2 ~15% faster than two, eight slower:
+        /// its sixteen accumulators leave too few registers); the input through a ReLU when
+        /// `RELU`.
         ///
         /// # Safety
         /// The CPU has AVX-512F, and the masks were made for the plane's row width.
@@ -282,7 +283,7 @@ mod avx512 {
             (oy0, rows): (usize, usize),
         ) {
             let mut r = 0;
-            while S == 1 && r + 4 <= rows {
+            while r + 4 <= rows {
                 // SAFETY: as for this function.
                 unsafe { self.block::<S, RELU, 4, FULL>(block, out, (oy0, r)) };
                 r += 4;
@@ -298,9 +299,10 @@ mod avx512 {
             }
         }
 
-        /// Rows `r0..r0 + R` of one column block: input row `i` of the block's rows, loaded at
-        /// each tap column, adds into every output row `r` it is tap row `i - r · S` of (at
-        /// stride 1 two rows share two of their three input rows).
+        /// Rows `r0..r0 + R` of one column block: input row `i` of the block's rows, read once
+        /// as the three tap columns' vectors ([`Block::columns`]), adds into every output row
+        /// `r` it is tap row `i - r · S` of (at stride 1 two rows share two of their three
+        /// input rows, at stride 2 one).
         ///
         /// # Safety
         /// As for [`Self::rows`].
@@ -312,8 +314,6 @@ mod avx512 {
             out: &mut [MaybeUninit<f32>],
             (oy0, r0): (usize, usize),
         ) {
-            let evens =
-                _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
             let (h, w) = self.plane.size;
             let ow = self.columns.widths.1;
             let y0 = ((oy0 + r0) * S) as isize - self.plane.top as isize;
@@ -325,27 +325,13 @@ mod avx512 {
                 }
                 // SAFETY: row `y` lies inside the plane.
                 let src = unsafe { self.plane.data.as_ptr().add(y as usize * w) };
-                for (kx, masks) in block.masks.iter().enumerate() {
-                    let c = block.x0 + kx as isize;
-                    for j in 0..2 {
-                        // SAFETY: the masks enable only samples inside row `y`.
-                        let v = unsafe {
-                            if S == 1 {
-                                load::<FULL>(src, c, masks, j)
-                            } else {
-                                let lo = load::<FULL>(src, c, masks, 2 * j);
-                                let hi = load::<FULL>(src, c, masks, 2 * j + 1);
-                                _mm512_permutex2var_ps(lo, evens, hi)
-                            }
-                        };
-                        let v = if RELU {
-                            _mm512_max_ps(v, _mm512_setzero_ps())
-                        } else {
-                            v
-                        };
-                        for (r, acc) in acc.iter_mut().enumerate() {
-                            if let Some(ky) = i.checked_sub(r * S).filter(|&ky| ky < 3) {
-                                acc[j] = _mm512_fmadd_ps(block.taps[ky * 3 + kx], v, acc[j]);
+                // SAFETY: as for this function.
+                let columns = unsafe { block.columns::<S, RELU, FULL>(src) };
+                for (kx, v) in columns.iter().enumerate() {
+                    for (r, acc) in acc.iter_mut().enumerate() {
+                        if let Some(ky) = i.checked_sub(r * S).filter(|&ky| ky < 3) {
+                            for (a, &v) in acc.iter_mut().zip(v) {
+                                *a = _mm512_fmadd_ps(block.taps[ky * 3 + kx], v, *a);
                             }
                         }
                     }
@@ -372,33 +358,72 @@ mod avx512 {
     /// masks, its first output column `x` and the input column `x0` tap `kx = 0` reads there.
     struct Block<'a> {
         taps: &'a [__m512; 9],
-        masks: &'a [[u16; 4]; 3],
+        masks: &'a [u16; LOADS],
         stores: &'a [u16; 2],
         x: usize,
         x0: isize,
     }
 
-    /// The `q`th 16 samples from column `c` of the row at `src`, the lanes `masks[q]` enables.
-    ///
-    /// # Safety
-    /// `masks[q]` enables only samples inside the row.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn load<const FULL: bool>(
-        src: *const f32,
-        c: isize,
-        masks: &[u16; 4],
-        q: usize,
-    ) -> __m512 {
-        let at = src.wrapping_offset(c + 16 * q as isize);
-        // SAFETY: masked-off lanes are not read; the rest lie inside the row (all of them
-        // where `FULL`).
-        unsafe {
-            if FULL {
-                _mm512_loadu_ps(at)
-            } else {
-                _mm512_maskz_loadu_ps(masks[q], at)
+    impl Block<'_> {
+        /// The samples of the row at `src` that tap column `kx` multiplies for the block's 32
+        /// outputs, as `[kx][16-output half]`, through a ReLU when `RELU`. At stride 1 each is
+        /// a load from column `x0 + kx`. At stride 2 five loads from `x0` cover the 65 samples
+        /// the block reads; two permutes per half keep their even and odd samples (for taps
+        /// 0 and 1), and tap 2's, the evens one further on, are the evens shifted a lane. Two
+        /// loads and a permute per tap column and half measured 20–30% slower (twice the
+        /// loads, and more permutes); splitting the rows into even and odd columns in memory
+        /// first, then loading those, about 2× slower (the loads right after the stores).
+        ///
+        /// # Safety
+        /// The CPU has AVX-512F and the block's masks enable only samples inside the row.
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        unsafe fn columns<const S: usize, const RELU: bool, const FULL: bool>(
+            &self,
+            src: *const f32,
+        ) -> [[__m512; 2]; 3] {
+            let load = |q: usize, c: isize| {
+                let at = src.wrapping_offset(self.x0 + c);
+                // SAFETY: masked-off lanes are not read; the rest lie inside the row (all of
+                // them where `FULL`).
+                let v = unsafe {
+                    if FULL {
+                        _mm512_loadu_ps(at)
+                    } else {
+                        _mm512_maskz_loadu_ps(self.masks[q], at)
+                    }
+                };
+                if RELU {
+                    _mm512_max_ps(v, _mm512_setzero_ps())
+                } else {
+                    v
+                }
+            };
+            if S == 1 {
+                return std::array::from_fn(|kx| {
+                    std::array::from_fn(|j| load(2 * kx + j, (kx + 16 * j) as isize))
+                });
             }
+            let l: [__m512; 5] = std::array::from_fn(|q| load(q, 16 * q as isize));
+            let evens =
+                _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+            let odds = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+            let e = [
+                _mm512_permutex2var_ps(l[0], evens, l[1]),
+                _mm512_permutex2var_ps(l[2], evens, l[3]),
+            ];
+            let o = [
+                _mm512_permutex2var_ps(l[0], odds, l[1]),
+                _mm512_permutex2var_ps(l[2], odds, l[3]),
+            ];
+            // Lanes 1..16 of one, then lane 0 of the next.
+            let shift = |lo: __m512, hi: __m512| {
+                _mm512_castsi512_ps(_mm512_alignr_epi32::<1>(
+                    _mm512_castps_si512(hi),
+                    _mm512_castps_si512(lo),
+                ))
+            };
+            [e, o, [shift(e[0], e[1]), shift(e[1], l[4])]]
         }
     }
 }
@@ -502,9 +527,13 @@ pub struct Plane<'a> {
     pub relu: bool,
 }
 
+/// The most loads a [`depthwise3`] column block makes per input row: two per tap column at
+/// stride 1, five at stride 2.
+const LOADS: usize = 6;
+
 /// Where [`depthwise3`]'s column blocks read and write, worked out once per layer and input
-/// size: per block of 32 outputs, per tap column, the load mask of each 16 input samples (the
-/// rows' left and right borders, the last block's width), and the block's store masks.
+/// size: per block of 32 outputs, the mask of each of its loads from an input row (its lanes
+/// inside the row: the rows' left and right borders), and the block's store masks.
 #[derive(Debug, Clone)]
 pub struct ColumnMasks {
     stride: usize,
@@ -512,7 +541,7 @@ pub struct ColumnMasks {
     widths: (usize, usize),
     /// Zero columns left of the samples.
     left: usize,
-    loads: Vec<[[u16; 4]; 3]>,
+    loads: Vec<[u16; LOADS]>,
     stores: Vec<[u16; 2]>,
     /// Per block: whether every sample it loads lies inside the rows (all its load masks full).
     inside: Vec<bool>,
@@ -521,36 +550,33 @@ pub struct ColumnMasks {
 impl ColumnMasks {
     /// Masks for input rows `w` wide, `left` zero columns in front, output rows `ow` wide.
     pub fn new(stride: usize, (w, ow): (usize, usize), left: usize) -> Self {
-        // The lanes of 16 samples from column `c` inside the row and among the first `n`.
-        let lanes = |c: isize, n: usize| -> u16 {
+        // The lanes of 16 samples from column `c` inside the row.
+        let lanes = |c: isize| -> u16 {
             let first = (-c).clamp(0, 16) as u32;
-            let end = (w as isize - c).clamp(0, n as isize) as u32;
+            let end = (w as isize - c).clamp(0, 16) as u32;
             (((1u32 << end) - 1) & !((1u32 << first) - 1)) as u16
         };
-        let (mut loads, mut stores) = (Vec::new(), Vec::new());
+        // Where each load starts, from the column tap `kx = 0` reads for the block's first
+        // output (as `Block::columns` makes them).
+        let offsets: Vec<isize> = if stride == 1 {
+            (0..3).flat_map(|kx| [kx, kx + 16]).collect()
+        } else {
+            (0..5).map(|q| 16 * q).collect()
+        };
+        let (mut loads, mut stores, mut inside) = (Vec::new(), Vec::new(), Vec::new());
         for x in (0..ow).step_by(32) {
             let n = (ow - x).min(32);
-            // The input column tap `kx = 0` reads for the block's first output.
             let x0 = (x * stride) as isize - left as isize;
-            loads.push(std::array::from_fn(|kx| {
-                std::array::from_fn(|q| {
-                    let samples = (stride * n).saturating_sub(16 * q).min(16);
-                    lanes(x0 + (kx + 16 * q) as isize, samples)
-                })
-            }));
+            let mut masks = [0; LOADS];
+            for (m, &offset) in masks.iter_mut().zip(&offsets) {
+                *m = lanes(x0 + offset);
+            }
+            inside.push(masks[..offsets.len()].iter().all(|&m| m == u16::MAX));
+            loads.push(masks);
             stores.push(std::array::from_fn(|j| {
                 ((1u32 << n.saturating_sub(16 * j).min(16)) - 1) as u16
             }));
         }
-        // Loads `q < 2 · stride` are the ones a tap column makes.
-        let inside = loads
-            .iter()
-            .map(|block: &[[u16; 4]; 3]| {
-                block
-                    .iter()
-                    .all(|m| m.iter().take(2 * stride).all(|&m| m == u16::MAX))
-            })
-            .collect();
         Self {
             stride,
             widths: (w, ow),
@@ -575,10 +601,10 @@ pub fn depthwise3_runs(stride: usize) -> bool {
 /// One channel's 3×3 depthwise filter read straight from its unpadded input plane, where
 /// [`depthwise3_runs`]: output rows `oy0..oy0 + out.len() / ow`, where output `(y, x)` is
 /// `act(bias + Σ taps[ky * 3 + kx] · in(y · stride + ky - top, x · stride + kx - left))` and
-/// `in` is zero outside the plane. Four rows × 32 pixels at a time in eight registers (two
-/// rows at stride 2); the borders and the last block are masked loads (no padded copy of the
-/// plane is made), and at stride 2 each tap reads 32 contiguous samples and keeps the even
-/// ones with one permute.
+/// `in` is zero outside the plane. Four rows × 32 pixels at a time in eight registers; the
+/// borders and the last block are masked loads (no padded copy of the plane is made), and at
+/// stride 2 each input row's 65 samples for a block are five loads, split into the three
+/// tap columns' samples with permutes.
 /// Every sample of `out` is written, so it need not be initialised.
 pub fn depthwise3(
     plane: &Plane,
