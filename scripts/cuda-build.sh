@@ -72,8 +72,10 @@ for lib in "${libs[@]}"; do
 done
 stub() {
   { echo 'void rollcall_cuda_stub(void) {}'
+    # (`if`, not `&&`: on a first build there is no rlib, and a failed test as the loop's
+    # last command would fail the pipeline and, with `set -e`, the script.)
     for rlib in "$target"/debug/deps/libcudarc-*.rlib; do
-      [ -e "$rlib" ] && nm --undefined-only "$rlib" 2>/dev/null
+      if [ -e "$rlib" ]; then nm --undefined-only "$rlib" 2>/dev/null; fi
     done | awk '$1 == "U" && $2 ~ /^cu[A-Z]/ { print "void " $2 "(void) {}" }' | sort -u
   } > "$links/stub.c"
   gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$links/libcuda.so" "$links/stub.c"
